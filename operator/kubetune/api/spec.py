@@ -1,0 +1,544 @@
+"""The FineTuneJob spec: what the user asks for.
+
+Only what users set lives here; what the trainer alone needs (resolved paths, the plan)
+goes into the trainer config, not the CRD. Field docstrings become the CRD's
+descriptions, so `kubectl explain finetunejob.spec.training` reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from .base import ApiModel, with_cel
+from .common import (
+    URI_RULES,
+    DataSource,
+    HFSource,
+    ModelSource,
+    Name,
+    ObjectStoreSource,
+    PVCSource,
+    Quantity,
+    SecretKeyRef,
+    check_sources,
+)
+
+Method = Literal["auto", "full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "ia3"]
+LORA_FAMILY = ("auto", "lora", "qlora")
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+# --------------------------------------------------------------------------- model
+class Architecture(ApiModel):
+    """The model's shape, for planning when `config.json` cannot be read before launch.
+
+    Either give `parameters` alone (a rough plan) or the shape fields (an exact one).
+    """
+
+    parameters: Annotated[int, Field(gt=0)] | None = None
+    """Total parameter count, e.g. 8030261248."""
+    num_layers: Annotated[int, Field(gt=0, le=1024)] | None = None
+    """Transformer layers (`num_hidden_layers`)."""
+    hidden_size: Annotated[int, Field(gt=0)] | None = None
+    """Model width (`hidden_size`)."""
+    intermediate_size: Annotated[int, Field(gt=0)] | None = None
+    """MLP width (`intermediate_size`)."""
+    num_attention_heads: Annotated[int, Field(gt=0)] | None = None
+    """Attention heads."""
+    num_key_value_heads: Annotated[int, Field(gt=0)] | None = None
+    """Key/value heads (grouped-query attention); defaults to the attention heads."""
+    head_dim: Annotated[int, Field(gt=0)] | None = None
+    """Per-head dimension; defaults to hiddenSize / numAttentionHeads."""
+    vocab_size: Annotated[int, Field(gt=0)] | None = None
+    """Vocabulary size."""
+    tie_word_embeddings: bool | None = None
+    """Whether the LM head shares the embedding matrix."""
+    num_experts: Annotated[int, Field(gt=0)] | None = None
+    """Mixture-of-experts: experts per layer."""
+    num_experts_per_token: Annotated[int, Field(gt=0)] | None = None
+    """Mixture-of-experts: experts routed per token."""
+    model_type: Annotated[str, StringConstraints(max_length=64)] | None = None
+    """`model_type` from config.json (e.g. `llama`), used to resolve `all-linear` targets."""
+
+    model_config = with_cel(
+        {
+            "rule": "has(self.parameters) || (has(self.numLayers) && has(self.hiddenSize)"
+            " && has(self.vocabSize))",
+            "message": "give parameters, or numLayers, hiddenSize and vocabSize",
+        }
+    )
+
+    @model_validator(mode="after")
+    def _enough(self) -> Architecture:
+        if self.parameters is None and None in (self.num_layers, self.hidden_size, self.vocab_size):
+            raise ValueError("give parameters, or numLayers, hiddenSize and vocabSize")
+        return self
+
+
+class ModelSpec(ModelSource):
+    """The base model to fine-tune."""
+
+    architecture: Architecture | None = None
+    """Shape override for planning when config.json is not reachable before launch."""
+    trust_remote_code: bool = False
+    """Run the model repository's own Python code. Only for sources you trust."""
+
+
+# --------------------------------------------------------------------------- dataset
+DatasetFormat = Literal["auto", "alpaca", "sharegpt", "messages", "text", "completion"]
+
+
+class FieldMapping(ApiModel):
+    """Column names in your data, when they differ from the format's usual ones."""
+
+    instruction: str | None = None
+    """Alpaca instruction column (default `instruction`)."""
+    input: str | None = None
+    """Alpaca input column (default `input`)."""
+    output: str | None = None
+    """Alpaca output column (default `output`)."""
+    conversations: str | None = None
+    """ShareGPT conversation list column (default `conversations`)."""
+    messages: str | None = None
+    """Messages list column (default `messages`)."""
+    role: str | None = None
+    """Role key inside a message (default `role`, or `from` for ShareGPT)."""
+    content: str | None = None
+    """Content key inside a message (default `content`, or `value` for ShareGPT)."""
+    text: str | None = None
+    """Plain-text column (default `text`)."""
+    prompt: str | None = None
+    """Prompt column (default `prompt`)."""
+    completion: str | None = None
+    """Completion column (default `completion`)."""
+    system: str | None = None
+    """Per-row system prompt column (default `system`)."""
+
+
+class SplitSpec(ApiModel):
+    """How to carve validation and test sets out of the training data."""
+
+    validation: Fraction = 0.1
+    """Fraction held out for validation when no validation source is given."""
+    test: Fraction = 0.1
+    """Fraction held out for the test set when no test source is given."""
+    seed: int = 42
+    """Seed of the deterministic split."""
+
+    model_config = with_cel(
+        {"rule": "self.validation + self.test < 1.0", "message": "validation + test must be < 1"}
+    )
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitSpec:
+        if self.validation + self.test >= 1.0:
+            raise ValueError(f"validation + test must be < 1, got {self.validation} + {self.test}")
+        return self
+
+
+class DedupSpec(ApiModel):
+    """Duplicate removal before splitting (duplicates across splits inflate eval scores)."""
+
+    exact: bool = True
+    """Drop rows whose normalised text is identical."""
+    near_duplicate: bool = False
+    """Drop near-duplicates found with MinHash LSH."""
+    threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    """Jaccard similarity above which two rows count as near-duplicates."""
+
+
+class ReplaySpec(ApiModel):
+    """General-domain data mixed into training to limit catastrophic forgetting."""
+
+    source: DataSource
+    """The general data (plain `text` or chat format)."""
+    ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    """Fraction of training examples drawn from this source."""
+
+
+class DatasetSpec(ApiModel):
+    """The training data and how to prepare it."""
+
+    train: DataSource
+    """The training data."""
+    validation: DataSource | None = None
+    """A separate validation set; otherwise one is split from `train`."""
+    test: DataSource | None = None
+    """A separate test set for task metrics; otherwise one is split from `train`."""
+    format: DatasetFormat = "auto"
+    """Row format; `auto` detects alpaca, sharegpt, messages, completion or text."""
+    field_mapping: FieldMapping | None = None
+    """Column names, when yours differ from the format's usual ones."""
+    system_prompt: Annotated[str, StringConstraints(max_length=8192)] | None = None
+    """System prompt added to every conversation that has none."""
+    split: SplitSpec = Field(default_factory=SplitSpec, json_schema_extra={"default": {}})
+    """Validation/test fractions and seed, used for what is not given separately."""
+    dedup: DedupSpec = Field(default_factory=DedupSpec, json_schema_extra={"default": {}})
+    """Duplicate removal."""
+    max_samples: Annotated[int, Field(gt=0)] | None = None
+    """Use at most this many training rows (after shuffling with the split seed)."""
+    max_bad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    """Fail when more than this fraction of rows is malformed; below it they are dropped."""
+    pii: Literal["off", "warn", "redact", "fail"] = "warn"
+    """What to do with e-mail addresses, phone and card numbers, IBANs and keys in the data."""
+    replay: ReplaySpec | None = None
+    """General data mixed in against forgetting."""
+
+
+# --------------------------------------------------------------------------- method
+class LoRASpec(ApiModel):
+    """LoRA adapter settings (also used by QLoRA)."""
+
+    r: Annotated[int, Field(gt=0, le=1024)] = 16
+    """Adapter rank."""
+    alpha: Annotated[float, Field(gt=0)] = 32
+    """Scaling numerator; the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA)."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """Dropout on the adapter input."""
+    target_modules: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=128)]],
+        Field(min_length=1, max_length=64),
+    ] = Field(default_factory=lambda: ["all-linear"], json_schema_extra={"default": ["all-linear"]})
+    """Module names to adapt (e.g. q_proj, v_proj), or `all-linear` for every linear
+    layer except the LM head."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA scaling (alpha/sqrt(r))."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+
+
+class QLoRASpec(ApiModel):
+    """4-bit quantisation of the frozen base model (bitsandbytes)."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type; NF4 is what the QLoRA paper recommends."""
+    double_quant: bool = True
+    """Quantise the quantisation constants too (saves ~0.37 bit per parameter)."""
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Dtype of the matmuls on dequantised weights."""
+
+
+class PromptTuningSpec(ApiModel):
+    """Prompt- and prefix-tuning settings."""
+
+    num_virtual_tokens: Annotated[int, Field(gt=0, le=1024)] = 20
+    """Learned virtual tokens."""
+    init_text: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    """Initialise prompt tuning from this text instead of random vectors."""
+
+
+# --------------------------------------------------------------------------- training
+class EarlyStoppingSpec(ApiModel):
+    """Stop when the validation metric stops improving."""
+
+    enabled: bool = True
+    """Turn early stopping on."""
+    patience: Annotated[int, Field(gt=0, le=1000)] = 3
+    """Evaluations without improvement before stopping."""
+    metric: Literal["eval_loss", "exact_match", "rouge_l", "accuracy"] = "eval_loss"
+    """Metric watched; loss is minimised, the others maximised."""
+    threshold: Annotated[float, Field(ge=0.0)] = 0.0
+    """Minimum change that counts as improvement."""
+
+
+class CheckpointSpec(ApiModel):
+    """When to checkpoint and how many to keep."""
+
+    every_steps: Annotated[int, Field(gt=0)] | None = None
+    """Also checkpoint every N optimizer steps (always at each epoch end)."""
+    keep: Annotated[int, Field(gt=0, le=100)] = 2
+    """Checkpoints kept besides the best one."""
+
+
+class TrainingSpec(ApiModel):
+    """Hyperparameters. Unset values are chosen by the planner from the method."""
+
+    epochs: Annotated[float, Field(gt=0, le=100)] = 3
+    """Passes over the training data."""
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Peak learning rate; default 2e-4 for LoRA/QLoRA, 2e-5 for full, 3e-2 for prompt tuning."""
+    lr_scheduler: Literal[
+        "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts"
+    ] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    """Fraction of steps spent warming up."""
+    weight_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """AdamW weight decay."""
+    global_batch_size: Annotated[int, Field(gt=0, le=65536)] = 16
+    """Sequences per optimizer step across all GPUs (micro-batch × accumulation × ranks)."""
+    max_seq_length: Annotated[int, Field(ge=16, le=1048576)] = 2048
+    """Tokens per sequence; longer examples are truncated."""
+    packing: bool = True
+    """Pack several short examples into one sequence (attention does not cross them)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass; unset lets the planner decide."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Training precision; `auto` takes bf16 where the GPU supports it."""
+    early_stopping: EarlyStoppingSpec | None = None
+    """Early stopping on the validation metric."""
+    seed: int = 42
+    """Seed for initialisation, shuffling and dropout."""
+    checkpoint: CheckpointSpec = Field(
+        default_factory=CheckpointSpec, json_schema_extra={"default": {}}
+    )
+    """Checkpoint interval and retention."""
+    neftune_noise_alpha: Annotated[float, Field(gt=0, le=100)] | None = None
+    """NEFTune embedding noise (5 is common); unset disables it."""
+
+
+# --------------------------------------------------------------------------- evaluation
+Metric = Literal["loss", "perplexity", "exactMatch", "rougeL", "accuracy"]
+
+
+DEFAULT_METRICS: tuple[Metric, ...] = ("loss", "perplexity", "exactMatch")
+
+
+class ForgettingSpec(ApiModel):
+    """Perplexity on general text before and after tuning."""
+
+    source: DataSource
+    """General held-out text (plain `text` rows, or chat)."""
+    max_perplexity_increase_percent: Annotated[float, Field(ge=0, le=1000)] = 3.0
+    """Fail the evaluation gate (not the job) when perplexity rises more than this."""
+    max_samples: Annotated[int, Field(gt=0)] = 500
+    """Rows of the source to score."""
+
+
+class EvaluationSpec(ApiModel):
+    """When and how the tuned model is evaluated."""
+
+    strategy: Literal["epoch", "steps", "no"] = "epoch"
+    """Evaluate at each epoch end, every `everySteps`, or only at the end."""
+    every_steps: Annotated[int, Field(gt=0)] | None = None
+    """Steps between evaluations with strategy `steps`."""
+    metrics: Annotated[list[Metric], Field(max_length=5)] = Field(
+        default_factory=lambda: list(DEFAULT_METRICS),
+        json_schema_extra={"default": ["loss", "perplexity", "exactMatch"]},
+    )
+    """Metrics on the test split; task metrics (exactMatch, rougeL, accuracy) generate."""
+    compare_baseline: bool = True
+    """Also score the base model before training, so status shows baseline → tuned."""
+    forgetting: ForgettingSpec | None = None
+    """Forgetting check on general data."""
+    sample_generations: Annotated[int, Field(ge=0, le=100)] = 5
+    """Test prompts whose generations are recorded in the report."""
+    max_new_tokens: Annotated[int, Field(gt=0, le=8192)] = 128
+    """Generation length limit for task metrics."""
+    max_test_samples: Annotated[int, Field(gt=0)] = 200
+    """Test rows scored by generation."""
+
+    model_config = with_cel(
+        {
+            "rule": "self.strategy != 'steps' || has(self.everySteps)",
+            "message": "strategy steps needs everySteps",
+        }
+    )
+
+    @model_validator(mode="after")
+    def _steps(self) -> EvaluationSpec:
+        if self.strategy == "steps" and self.every_steps is None:
+            raise ValueError("strategy steps needs everySteps")
+        return self
+
+
+# --------------------------------------------------------------------------- resources
+class Toleration(ApiModel):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = None
+    """Taint key; empty with operator Exists tolerates everything."""
+    operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal (default Equal)."""
+    value: str | None = None
+    """Taint value for Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to tolerate; empty means all."""
+    toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated."""
+
+
+class ResourcesSpec(ApiModel):
+    """Which GPUs may be used, and how many."""
+
+    gpu_type: Annotated[str, StringConstraints(min_length=1, max_length=128)] = Field(
+        default="auto", alias="gpuType"
+    )
+    """GPU product from the node pools (e.g. `H100-80GB`), or `auto` for the cheapest fit."""
+    min_gpus: Annotated[int, Field(ge=1, le=4096)] = Field(default=1, alias="minGPUs")
+    """Fewest GPUs to use in total."""
+    max_gpus: Annotated[int, Field(ge=1, le=4096)] | None = Field(default=None, alias="maxGPUs")
+    """Most GPUs to use in total; unset means what the pools offer."""
+    max_nodes: Annotated[int, Field(ge=1, le=512)] | None = None
+    """Most nodes to spread over; unset means what the pools offer."""
+    node_selector: Annotated[dict[str, str], Field(max_length=32)] | None = None
+    """Extra node labels the trainer pods must match (added to the pool's own)."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
+    """Extra tolerations for the trainer pods (added to the pool's own)."""
+    affinity: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """A core/v1 Affinity for the trainer pods."""
+    priority_class_name: Name | None = None
+    """PriorityClass of the trainer pods."""
+    max_gpu_memory_fraction: Annotated[float, Field(gt=0.1, le=1.0)] = Field(
+        default=0.9, alias="maxGPUMemoryFraction"
+    )
+    """Share of each GPU's memory the plan may fill; the rest is headroom."""
+    max_cost_per_hour: Annotated[float, Field(gt=0)] | None = None
+    """Refuse shapes whose pool cost exceeds this (needs costPerGPUHour in the pools)."""
+    cpu: Quantity | None = None
+    """CPU request per trainer pod (e.g. `8`)."""
+    memory: Quantity | None = None
+    """Memory request per trainer pod (e.g. `64Gi`); sizes CPU offload."""
+    shm_size: Quantity = "8Gi"
+    """Size of /dev/shm for data loader workers and NCCL."""
+
+    model_config = with_cel(
+        {
+            "rule": "!has(self.maxGPUs) || self.minGPUs <= self.maxGPUs",
+            "message": "minGPUs must be <= maxGPUs",
+        }
+    )
+
+    @model_validator(mode="after")
+    def _min_max(self) -> ResourcesSpec:
+        if self.max_gpus is not None and self.min_gpus > self.max_gpus:
+            raise ValueError(f"minGPUs must be <= maxGPUs, got {self.min_gpus} > {self.max_gpus}")
+        return self
+
+
+# --------------------------------------------------------------------------- output
+class OutputPVC(PVCSource):
+    """A claim for the outputs; the operator creates it when `size` is given."""
+
+    read_only: bool = False
+    """Outputs are written, so the claim is mounted read-write."""
+    size: Quantity | None = None
+    """Create the claim with this size when it does not exist (it is kept after deletion)."""
+    storage_class_name: Name | None = None
+    """StorageClass for a created claim."""
+
+
+class HFPushSpec(HFSource):
+    """Push the result to a Hugging Face Hub repository."""
+
+    private: bool = True
+    """Create the repository as private."""
+
+
+class OutputSpec(ApiModel):
+    """Where checkpoints, the adapter and the merged model go."""
+
+    pvc: OutputPVC | None = None
+    """A PersistentVolumeClaim (checkpoints live here, so runs can resume)."""
+    s3: ObjectStoreSource | None = None
+    """Copy the final outputs to S3."""
+    gcs: ObjectStoreSource | None = None
+    """Copy the final outputs to GCS."""
+    hf: HFPushSpec | None = None
+    """Push the final model to the Hugging Face Hub."""
+    merge_adapter: bool = False
+    """Also save the adapter merged into the base weights (bf16 for QLoRA)."""
+
+    model_config = with_cel(*URI_RULES)
+
+    @model_validator(mode="after")
+    def _uris(self) -> OutputSpec:
+        check_sources(self, ("pvc", "s3", "gcs", "hf"), exactly_one=False)
+        return self
+
+
+class FineTuneJobSpec(ApiModel):
+    """What to fine-tune, on what, how, and where the result goes."""
+
+    model: ModelSpec
+    """The base model."""
+    dataset: DatasetSpec
+    """The training data."""
+    method: Method = "auto"
+    """`auto` picks the least invasive method that fits: LoRA, else QLoRA; full only for
+    large datasets where it fits."""
+    lora: LoRASpec | None = None
+    """LoRA settings (methods lora, qlora, auto)."""
+    qlora: QLoRASpec | None = None
+    """Quantisation settings (methods qlora, auto)."""
+    prompt_tuning: PromptTuningSpec | None = None
+    """Virtual-token settings (methods prompt-tuning, prefix-tuning)."""
+    training: TrainingSpec = Field(default_factory=TrainingSpec, json_schema_extra={"default": {}})
+    """Hyperparameters."""
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, json_schema_extra={"default": {}}
+    )
+    """Evaluation and the forgetting check."""
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, json_schema_extra={"default": {}}
+    )
+    """GPU type, counts and placement."""
+    output: OutputSpec | None = None
+    """Where results go; without it they stay in the pod's scratch space only."""
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    """Trainer image override (defaults to the operator's configured image)."""
+    suspend: bool = False
+    """Stop (after a checkpoint) or hold the job; compatible with Kueue."""
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = 3
+    """Retries of retryable failures, each resuming from the latest checkpoint."""
+    active_deadline_seconds: Annotated[int, Field(gt=0)] | None = None
+    """Fail the job when it has run longer than this."""
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    """Delete the job this long after it succeeds or fails (outputs are kept)."""
+
+    model_config = with_cel(
+        {
+            "rule": "!has(self.lora) || self.method in ['auto', 'lora', 'qlora']",
+            "message": "lora settings need method lora, qlora or auto",
+            "fieldPath": ".lora",
+        },
+        {
+            "rule": "!has(self.qlora) || self.method in ['auto', 'qlora']",
+            "message": "qlora settings need method qlora or auto",
+            "fieldPath": ".qlora",
+        },
+        {
+            "rule": "!has(self.promptTuning) || self.method in ['prompt-tuning', 'prefix-tuning']",
+            "message": "promptTuning settings need method prompt-tuning or prefix-tuning",
+            "fieldPath": ".promptTuning",
+        },
+    )
+
+    @model_validator(mode="after")
+    def _method_blocks(self) -> FineTuneJobSpec:
+        if self.lora is not None and self.method not in LORA_FAMILY:
+            raise ValueError(f"lora settings need method lora, qlora or auto, got {self.method}")
+        if self.qlora is not None and self.method not in ("auto", "qlora"):
+            raise ValueError(f"qlora settings need method qlora or auto, got {self.method}")
+        if self.prompt_tuning is not None and self.method not in (
+            "prompt-tuning",
+            "prefix-tuning",
+        ):
+            raise ValueError(
+                "promptTuning settings need method prompt-tuning or prefix-tuning, "
+                f"got {self.method}"
+            )
+        return self
+
+
+__all__ = [
+    "Architecture",
+    "DataSource",
+    "DatasetSpec",
+    "EvaluationSpec",
+    "FineTuneJobSpec",
+    "HFSource",
+    "LoRASpec",
+    "ModelSpec",
+    "ObjectStoreSource",
+    "OutputSpec",
+    "PVCSource",
+    "QLoRASpec",
+    "ResourcesSpec",
+    "SecretKeyRef",
+    "TrainingSpec",
+]

@@ -1,0 +1,257 @@
+"""The FineTuneJob status: what the operator observed, planned and measured.
+
+Written only by the operator (through the status subresource). The `plan` object is a
+stable contract shared with `kubetune plan -o json` and the trainer config.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+
+Phase = Literal[
+    "Pending", "Planning", "Queued", "Running", "Evaluating", "Succeeded", "Failed", "Suspended"
+]
+ConditionType = Literal[
+    "Valid",
+    "Planned",
+    "Launched",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+    "EvaluationPassed",
+    "Ready",
+    "Reconciling",
+    "Stalled",
+]
+
+
+class Condition(ApiModel):
+    """A condition in the Kubernetes convention (metav1.Condition)."""
+
+    type: str
+    """Condition type, e.g. Planned."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str = ""
+    """CamelCase machine-readable reason."""
+    message: str = ""
+    """Human-readable detail, with the field path for validation errors."""
+    last_transition_time: str | None = None
+    """When the status last changed (RFC 3339)."""
+    observed_generation: int | None = None
+    """The spec generation this condition describes."""
+
+
+class Alternative(ApiModel):
+    """A shape or method the planner considered and rejected."""
+
+    method: str
+    """Method considered."""
+    pool: str | None = None
+    """Pool considered."""
+    gpus: int | None = None
+    """Total GPUs considered."""
+    reason: str
+    """Why it was not chosen, in one line."""
+
+
+class Plan(ApiModel):
+    """How kubetune will fine-tune, and the memory arithmetic behind it."""
+
+    method: str
+    """Resolved method: full, lora, qlora, prompt-tuning, prefix-tuning or ia3."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage (0 = plain DDP or a single GPU)."""
+    offload: Literal["none", "optimizer", "optimizer+parameters"] = "none"
+    """DeepSpeed CPU offload."""
+    pool: str
+    """Node pool chosen."""
+    gpu_type: str = Field(alias="gpuType")
+    """GPU product of that pool."""
+    gpu_memory_gi_b: float = Field(alias="gpuMemoryGiB")
+    """Memory of one GPU, GiB."""
+    nodes: int
+    """Nodes (one trainer pod each)."""
+    gpus_per_node: int
+    """GPUs (trainer processes) per node."""
+    total_gpus: int = Field(alias="totalGPUs")
+    """nodes × gpusPerNode."""
+    micro_batch_size: int
+    """Sequences per GPU per forward pass."""
+    gradient_accumulation_steps: int
+    """Micro-batches per optimizer step."""
+    global_batch_size: int
+    """microBatch × accumulation × data-parallel ranks."""
+    gradient_checkpointing: bool
+    """Activation recomputation on or off."""
+    precision: str
+    """bf16, fp16 or fp32."""
+    learning_rate: float
+    """Peak learning rate (the spec's or the method's default)."""
+    max_seq_length: int
+    """Tokens per sequence."""
+    parameters: int
+    """Total parameters of the base model."""
+    trainable_parameters: int
+    """Parameters that receive gradients."""
+    predicted_peak_gi_b: float = Field(alias="predictedPeakGiB")
+    """Predicted peak memory per GPU, GiB."""
+    headroom_gi_b: float = Field(default=0.0, alias="headroomGiB")
+    """Usable GPU memory left over, GiB."""
+    breakdown_gi_b: dict[str, float] = Field(default_factory=dict, alias="breakdownGiB")
+    """Predicted memory per GPU by term (weights, gradients, optimizer, activations, ...)."""
+    host_memory_gi_b: float = Field(default=0.0, alias="hostMemoryGiB")
+    """Host RAM per node needed for CPU offload, GiB."""
+    cost_per_hour: float | None = None
+    """Pool cost of the shape per hour, when the pools give costs."""
+    reasons: list[str] = Field(default_factory=list)
+    """Why this plan, one line each."""
+    warnings: list[str] = Field(default_factory=list)
+    """The field's rules of thumb that apply to this job."""
+    alternatives: list[Alternative] = Field(default_factory=list)
+    """What was rejected and why."""
+
+
+class Progress(ApiModel):
+    """Training progress reported by rank 0."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    total_steps: int | None = None
+    """Optimizer steps planned."""
+    epoch: float | None = None
+    """Fractional epoch."""
+    percent: float | None = None
+    """Percentage done."""
+    loss: float | None = None
+    """Latest training loss."""
+    learning_rate: float | None = None
+    """Current learning rate."""
+    grad_norm: float | None = None
+    """Latest gradient norm."""
+    tokens_per_second: float | None = None
+    """Real (non-padding) tokens per second, all ranks."""
+    eta_seconds: float | None = None
+    """Estimated seconds remaining."""
+    peak_memory_gi_b: float | None = Field(default=None, alias="peakMemoryGiB")
+    """Measured peak GPU memory per GPU, GiB (compare with plan.predictedPeakGiB)."""
+    updated_at: str | None = None
+    """When rank 0 last reported (RFC 3339)."""
+
+
+class CheckpointStatus(ApiModel):
+    """Checkpoints written so far."""
+
+    latest: str | None = None
+    """Path of the newest complete checkpoint."""
+    latest_step: int | None = None
+    """Its step."""
+    best: str | None = None
+    """Path of the best checkpoint by the early-stopping metric."""
+    best_metric: float | None = None
+    """Its metric value."""
+
+
+class EvalMetrics(ApiModel):
+    """One set of evaluation figures."""
+
+    loss: float | None = None
+    """Validation loss."""
+    perplexity: float | None = None
+    """exp(loss)."""
+    exact_match: float | None = None
+    """Exact match on the test split, 0..1."""
+    rouge_l: float | None = Field(default=None, alias="rougeL")
+    """ROUGE-L F1 on the test split, 0..1."""
+    accuracy: float | None = None
+    """Label accuracy on the test split, 0..1."""
+    epoch: float | None = None
+    """Epoch at which it was measured."""
+
+
+class ForgettingStatus(ApiModel):
+    """Perplexity on general data before and after."""
+
+    baseline_perplexity: float
+    """Base model's perplexity."""
+    tuned_perplexity: float
+    """Tuned model's perplexity."""
+    increase_percent: float
+    """Relative increase, percent."""
+    limit_percent: float
+    """The spec's limit."""
+    passed: bool
+    """increasePercent <= limitPercent."""
+
+
+class EvaluationStatus(ApiModel):
+    """Baseline vs tuned."""
+
+    baseline: EvalMetrics | None = None
+    """The base model, before training."""
+    final: EvalMetrics | None = None
+    """The tuned model."""
+    per_epoch: list[EvalMetrics] = Field(default_factory=list)
+    """Validation figures at each evaluation."""
+    forgetting: ForgettingStatus | None = None
+    """Forgetting check."""
+    passed: bool | None = None
+    """The evaluation gate: tuned beats baseline and forgetting within the limit."""
+
+
+class OutputStatus(ApiModel):
+    """Where the results are."""
+
+    adapter: str | None = None
+    """Adapter (or full model) directory."""
+    merged: str | None = None
+    """Merged model directory."""
+    report: str | None = None
+    """Training report JSON."""
+    data_report: str | None = None
+    """Data report JSON."""
+    loss_curve: str | None = None
+    """Loss curve PNG."""
+    model_card: str | None = None
+    """README.md model card."""
+    uris: list[str] = Field(default_factory=list)
+    """Copies pushed to object stores or the Hub."""
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state, written by the operator."""
+
+    phase: Phase | None = None
+    """Pending, Planning, Queued, Running, Evaluating, Succeeded, Failed or Suspended."""
+    message: str | None = None
+    """One line on the current state."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Valid, Planned, Launched, Running, Succeeded, Failed, Suspended, EvaluationPassed,
+    and the kstatus trio Ready/Reconciling/Stalled."""
+    observed_generation: int | None = None
+    """The spec generation last acted on."""
+    plan: Plan | None = None
+    """The plan, written before anything is launched."""
+    progress: Progress | None = None
+    """Training progress."""
+    checkpoints: CheckpointStatus | None = None
+    """Checkpoints."""
+    evaluation: EvaluationStatus | None = None
+    """Evaluation results."""
+    output: OutputStatus | None = None
+    """Output paths."""
+    data: dict[str, int] | None = None
+    """Digest of the data report: example counts at each stage."""
+    restarts: int = 0
+    """Attempts restarted after a retryable failure."""
+    attempt: int = 0
+    """Current attempt number (0 before launch)."""
+    start_time: str | None = None
+    """When the first trainer workload was created; the spec is frozen from then on."""
+    completion_time: str | None = None
+    """When the job succeeded or failed."""
