@@ -81,10 +81,6 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = value
     if isinstance(additional, dict):
         out["additionalProperties"] = _resolve(additional, defs)
-    if out.get("type") == "object" and "properties" in out and isinstance(out.get("default"), dict):
-        # Default objects to {} and let their own properties' defaults fill them in, as
-        # the API server defaults nested fields only inside objects that exist.
-        out["default"] = {}
     if "enum" in out and "type" not in out:
         out["type"] = "string"
     _bound(out)
@@ -143,10 +139,8 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "kubetune.io/v1alpha1",
             },
             "kind": {"type": "string", "maxLength": 64, "description": "FineTuneJob"},
-            "metadata": {
-                "type": "object",
-                "description": "Standard object metadata; the name is at most 48 characters.",
-            },
+            # The API server allows nothing but `type` here.
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },

@@ -25,6 +25,13 @@ from .common import (
     check_sources,
 )
 
+
+def _default(schema: dict[str, Any], model: type[ApiModel]) -> None:
+    """The whole default object in the CRD, so the API server stores complete values
+    (and CEL rules on the object see every field)."""
+    schema["default"] = model().to_k8s()
+
+
 Method = Literal["auto", "full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "ia3"]
 LORA_FAMILY = ("auto", "lora", "qlora")
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -173,9 +180,13 @@ class DatasetSpec(ApiModel):
     """Column names, when yours differ from the format's usual ones."""
     system_prompt: Annotated[str, StringConstraints(max_length=8192)] | None = None
     """System prompt added to every conversation that has none."""
-    split: SplitSpec = Field(default_factory=SplitSpec, json_schema_extra={"default": {}})
+    split: SplitSpec = Field(
+        default_factory=SplitSpec, json_schema_extra=lambda s: _default(s, SplitSpec)
+    )
     """Validation/test fractions and seed, used for what is not given separately."""
-    dedup: DedupSpec = Field(default_factory=DedupSpec, json_schema_extra={"default": {}})
+    dedup: DedupSpec = Field(
+        default_factory=DedupSpec, json_schema_extra=lambda s: _default(s, DedupSpec)
+    )
     """Duplicate removal."""
     max_samples: Annotated[int, Field(gt=0)] | None = None
     """Use at most this many training rows (after shuffling with the split seed)."""
@@ -282,7 +293,7 @@ class TrainingSpec(ApiModel):
     seed: int = 42
     """Seed for initialisation, shuffling and dropout."""
     checkpoint: CheckpointSpec = Field(
-        default_factory=CheckpointSpec, json_schema_extra={"default": {}}
+        default_factory=CheckpointSpec, json_schema_extra=lambda s: _default(s, CheckpointSpec)
     )
     """Checkpoint interval and retention."""
     neftune_noise_alpha: Annotated[float, Field(gt=0, le=100)] | None = None
@@ -467,14 +478,16 @@ class FineTuneJobSpec(ApiModel):
     """Quantisation settings (methods qlora, auto)."""
     prompt_tuning: PromptTuningSpec | None = None
     """Virtual-token settings (methods prompt-tuning, prefix-tuning)."""
-    training: TrainingSpec = Field(default_factory=TrainingSpec, json_schema_extra={"default": {}})
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, json_schema_extra=lambda s: _default(s, TrainingSpec)
+    )
     """Hyperparameters."""
     evaluation: EvaluationSpec = Field(
-        default_factory=EvaluationSpec, json_schema_extra={"default": {}}
+        default_factory=EvaluationSpec, json_schema_extra=lambda s: _default(s, EvaluationSpec)
     )
     """Evaluation and the forgetting check."""
     resources: ResourcesSpec = Field(
-        default_factory=ResourcesSpec, json_schema_extra={"default": {}}
+        default_factory=ResourcesSpec, json_schema_extra=lambda s: _default(s, ResourcesSpec)
     )
     """GPU type, counts and placement."""
     output: OutputSpec | None = None

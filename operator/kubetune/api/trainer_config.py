@@ -1,0 +1,56 @@
+"""The resolved config the operator hands the trainer (mounted from a ConfigMap).
+
+The validated spec plus the plan plus what the runtime resolved. Versioned: a trainer
+refuses a config whose `version` it does not know instead of guessing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+from .spec import FineTuneJobSpec
+from .status import Plan
+
+TRAINER_CONFIG_VERSION = 1
+
+
+class JobRef(ApiModel):
+    """Which FineTuneJob (and attempt) this run belongs to."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    attempt: int = 0
+
+
+class RuntimePaths(ApiModel):
+    """Paths inside the trainer pod."""
+
+    pvc_root: str = "/mnt/kubetune/pvc"
+    """Each PVC the spec names is mounted at pvcRoot/<claimName>."""
+    output_dir: str = "/mnt/kubetune/output"
+    """Checkpoints, adapter, merged model and reports go here."""
+    scratch_dir: str = "/tmp/kubetune"
+    """Downloads (object-store models and data) and temporary files."""
+
+
+class ProgressTarget(ApiModel):
+    """Where rank 0 reports progress; empty url disables reporting."""
+
+    url: str | None = None
+    token_file: str | None = None
+    interval_seconds: float = Field(default=5.0, gt=0)
+
+
+class TrainerConfig(ApiModel):
+    """Everything the trainer needs, in one file."""
+
+    version: Literal[1] = TRAINER_CONFIG_VERSION
+    job: JobRef
+    spec: FineTuneJobSpec
+    plan: Plan
+    paths: RuntimePaths = Field(default_factory=RuntimePaths)
+    progress: ProgressTarget = Field(default_factory=ProgressTarget)

@@ -1,0 +1,148 @@
+"""The operator ↔ trainer contract: env names, mount paths, exit codes, messages.
+
+Both sides import this module, so a rename breaks loudly in tests instead of silently in
+a cluster. Users may not set env vars whose names are reserved here.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from pydantic import Field
+
+from .api.base import ApiModel
+
+# --------------------------------------------------------------------------- env
+ENV_CONFIG = "KUBETUNE_CONFIG"  # path of the resolved TrainerConfig (YAML)
+ENV_JOB_NAME = "KUBETUNE_JOB_NAME"
+ENV_NAMESPACE = "KUBETUNE_NAMESPACE"
+ENV_ATTEMPT = "KUBETUNE_ATTEMPT"
+ENV_PVC_ROOT = "KUBETUNE_PVC_ROOT"  # where PVC claims are mounted, one dir per claim
+ENV_PROGRESS_URL = "KUBETUNE_PROGRESS_URL"  # operator endpoint for progress reports
+ENV_PROGRESS_TOKEN = "KUBETUNE_PROGRESS_TOKEN_FILE"  # projected service-account token
+ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"  # override of /dev/termination-log
+# torchrun / accelerate rendezvous (the names torch.distributed uses)
+ENV_MASTER_ADDR = "MASTER_ADDR"
+ENV_MASTER_PORT = "MASTER_PORT"
+ENV_NNODES = "NNODES"
+ENV_NODE_RANK = "NODE_RANK"
+ENV_NPROC_PER_NODE = "NPROC_PER_NODE"
+RESERVED_ENV = frozenset(
+    {
+        ENV_CONFIG,
+        ENV_JOB_NAME,
+        ENV_NAMESPACE,
+        ENV_ATTEMPT,
+        ENV_PVC_ROOT,
+        ENV_PROGRESS_URL,
+        ENV_PROGRESS_TOKEN,
+        ENV_TERMINATION_LOG,
+        ENV_MASTER_ADDR,
+        ENV_MASTER_PORT,
+        ENV_NNODES,
+        ENV_NODE_RANK,
+        ENV_NPROC_PER_NODE,
+    }
+)
+
+# --------------------------------------------------------------------------- paths
+CONFIG_DIR = "/etc/kubetune"
+CONFIG_FILE = "trainer-config.yaml"
+PVC_ROOT = "/mnt/kubetune/pvc"
+OUTPUT_DIR = "/mnt/kubetune/output"  # where the output PVC (or scratch) is mounted
+SCRATCH_DIR = "/tmp/kubetune"
+TOKEN_DIR = "/var/run/secrets/kubetune"
+TOKEN_FILE = "token"
+TOKEN_AUDIENCE = "kubetune"
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096  # the kubelet truncates at 4 KiB
+DEFAULT_MASTER_PORT = 29500
+
+# --------------------------------------------------------------------------- image
+TRAINER_ENTRYPOINT = ("python", "-m", "kubetune_trainer")
+"""The trainer image's ENTRYPOINT (checked against trainer-image/Dockerfile by a test)."""
+TRAINER_LAUNCH_ARGS = ("launch", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}")
+"""The trainer pods' args: each node's launcher starts that node's training processes."""
+
+# --------------------------------------------------------------------------- labels
+LABEL_JOB = "kubetune.io/job"
+LABEL_ATTEMPT = "kubetune.io/attempt"
+LABEL_COMPONENT = "kubetune.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kubetune"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+# --------------------------------------------------------------------------- exit codes
+class ExitCode(IntEnum):
+    """Trainer exit codes; the operator retries only the retryable ones."""
+
+    OK = 0
+    ERROR = 1  # unexpected crash: retryable
+    BAD_INPUT = 2  # the user's data, model or config is wrong: never retried
+    OOM = 3  # out of GPU/host memory: re-plan with a smaller micro-batch
+    NAN_LOSS = 4  # loss became NaN/Inf: not retried (same data, same result)
+    RETRYABLE = 5  # transient (network, storage, rendezvous): retried
+    PREEMPTED = 6  # SIGTERM handled, checkpoint saved: resume later
+
+    @property
+    def retryable(self) -> bool:
+        return self in (ExitCode.ERROR, ExitCode.OOM, ExitCode.RETRYABLE, ExitCode.PREEMPTED)
+
+
+def classify_exit(code: int) -> ExitCode:
+    """Maps a container exit code to its meaning; 128+signal (killed) is retryable."""
+    try:
+        return ExitCode(code)
+    except ValueError:
+        return ExitCode.ERROR if code < 128 else ExitCode.RETRYABLE
+
+
+# --------------------------------------------------------------------------- messages
+class TerminationSummary(ApiModel):
+    """What the trainer writes to its termination log (under 4 KiB) at exit.
+
+    The operator copies it into status; the full report lives next to the checkpoints.
+    """
+
+    version: int = 1
+    exit_code: int = 0
+    reason: str = ""
+    """CamelCase reason (e.g. Completed, BadInput, OutOfMemory, NaNLoss)."""
+    message: str = ""
+    """One line for humans; for bad input it names the file and line."""
+    step: int | None = None
+    total_steps: int | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Final training figures (train loss, runtime, tokens/s, peak memory GiB)."""
+    evaluation: dict[str, dict[str, float] | bool | None] = Field(default_factory=dict)
+    """baseline/final metric maps, forgetting figures, passed."""
+    checkpoint: str | None = None
+    """Newest complete checkpoint."""
+    best_checkpoint: str | None = None
+    output: dict[str, str] = Field(default_factory=dict)
+    """adapter, merged, report, dataReport, lossCurve, modelCard paths."""
+    data: dict[str, int] = Field(default_factory=dict)
+    """The data report's counts."""
+
+
+class ProgressReport(ApiModel):
+    """What rank 0 posts to the operator every few seconds."""
+
+    namespace: str
+    name: str
+    attempt: int = 0
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    percent: float | None = None
+    peak_memory_gi_b: float | None = Field(default=None, alias="peakMemoryGiB")
+    checkpoint: str | None = None
+    checkpoint_step: int | None = None
+    phase: str | None = None
+    """`training` or `evaluating`."""

@@ -1,0 +1,3 @@
+from .handlers import main
+
+main()

@@ -1,0 +1,199 @@
+"""kopf wiring: every event about a FineTuneJob or its Jobs and pods schedules one
+reconcile of that FineTuneJob. Handlers hold no logic.
+
+Event handlers (not daemons or timers) on purpose: kopf puts a finalizer on every object
+with a daemon or timer, and an uninstalled operator would then leave FineTuneJobs that
+cannot be deleted. Our children are garbage-collected through owner references, so no
+finalizer is needed. Delayed work (backoff, deadlines, progress) is an in-process timer
+per job; a restarted operator relists every job and picks up where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from kubetune import contract as c
+from kubetune.api import GROUP, PLURAL, VERSION
+
+from . import metrics
+from .kube import Kube
+from .progress import ProgressServer, ProgressStore
+from .reconcile import Reconciler
+from .settings import Settings
+
+log = logging.getLogger("kubetune.operator")
+
+
+@dataclass
+class Runtime:
+    """The operator's state for one process."""
+
+    settings: Settings
+    reconciler: Reconciler
+    server: ProgressServer
+    semaphore: asyncio.Semaphore
+    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    dirty: set[tuple[str, str]] = field(default_factory=set)
+    timers: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+RUNTIME: Runtime | None = None
+
+
+def _api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+async def schedule(namespace: str, name: str) -> None:
+    """Reconciles a job, coalescing bursts: one run at a time per job, one more if dirty."""
+    rt = RUNTIME
+    if rt is None:
+        return
+    key = (namespace, name)
+    lock = rt.locks.setdefault(key, asyncio.Lock())
+    if lock.locked():
+        rt.dirty.add(key)
+        return
+    async with lock:
+        while True:
+            rt.dirty.discard(key)
+            requeue: float | None = None
+            try:
+                async with rt.semaphore:
+                    requeue = await asyncio.to_thread(rt.reconciler.reconcile, namespace, name)
+            except ApiException as exc:
+                metrics.API_ERRORS.inc()
+                log.warning(
+                    "reconcile %s/%s: API error %s %s", namespace, name, exc.status, exc.reason
+                )
+                requeue = 5.0
+            except Exception:
+                metrics.API_ERRORS.inc()
+                log.exception("reconcile %s/%s failed", namespace, name)
+                requeue = 10.0
+            if key not in rt.dirty:
+                break
+        _requeue(rt, key, requeue)
+
+
+def _requeue(rt: Runtime, key: tuple[str, str], seconds: float | None) -> None:
+    old = rt.timers.pop(key, None)
+    if old is not None:
+        old.cancel()
+    if seconds is None:
+        return
+    loop = asyncio.get_running_loop()
+    rt.timers[key] = loop.call_later(max(0.5, seconds), _fire, rt, key)
+
+
+def _fire(rt: Runtime, key: tuple[str, str]) -> None:
+    rt.timers.pop(key, None)
+    task = asyncio.get_running_loop().create_task(schedule(*key))
+    rt.tasks.add(task)
+    task.add_done_callback(rt.tasks.discard)
+
+
+def wake(namespace: str, name: str) -> None:
+    """Called by the progress endpoint: schedule a reconcile soon (throttled there)."""
+    rt = RUNTIME
+    if rt is None or (namespace, name) in rt.timers:
+        return
+    _requeue(rt, (namespace, name), rt.settings.progress_interval_seconds)
+
+
+# ---------------------------------------------------------------------- kopf handlers
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global RUNTIME
+    # Watches can go silently idle (kopf #810): set explicit timeouts.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.posting.enabled = False  # we post our own Events, with reasons
+    settings.persistence.finalizer = "kubetune.io/unused"  # no handler asks for one
+    ours = Settings.from_env()
+    kube = Kube(_api_client())
+    store = ProgressStore()
+    server = ProgressServer(kube, store, on_report=wake)
+    server.app.router.add_get("/metrics", _metrics)
+    await server.start(ours.progress_listen)
+    RUNTIME = Runtime(
+        settings=ours,
+        reconciler=Reconciler(kube, ours, store),
+        server=server,
+        semaphore=asyncio.Semaphore(ours.max_concurrent_launches),
+    )
+
+
+async def _metrics(request: Any) -> Any:
+    from aiohttp import web
+
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if RUNTIME is not None:
+        for timer in RUNTIME.timers.values():
+            timer.cancel()
+        await RUNTIME.server.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_finetunejob(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    if namespace is None:
+        return
+    if type == "DELETED":
+        if RUNTIME is not None:
+            _requeue(RUNTIME, (namespace, name), None)
+            RUNTIME.reconciler.progress.forget(namespace, name)
+        return
+    await schedule(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_JOB: kopf.PRESENT})
+async def on_workload(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    if namespace is not None:
+        await schedule(namespace, labels[c.LABEL_JOB])
+
+
+@kopf.on.event("", "v1", "pods", labels={c.LABEL_JOB: kopf.PRESENT})
+async def on_pod(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    if namespace is not None:
+        await schedule(namespace, labels[c.LABEL_JOB])
+
+
+def main() -> None:
+    """`python -m kubetune.operator`: runs kopf with the settings from the environment."""
+    ours = Settings.from_env()
+    kopf.configure(
+        verbose=os.environ.get("KUBETUNE_LOG_LEVEL", "").lower() == "debug",
+        log_format=kopf.LogFormat.JSON
+        if os.environ.get("KUBETUNE_LOG_FORMAT", "json") == "json"
+        else kopf.LogFormat.FULL,
+    )
+    standalone = os.environ.get("KUBETUNE_PEERING", "") == ""
+    kopf.run(
+        clusterwide=not ours.namespaces,
+        namespaces=ours.namespaces,
+        standalone=standalone,
+        peering_name=os.environ.get("KUBETUNE_PEERING") or None,
+        priority=int(os.environ.get("KUBETUNE_PRIORITY", "0")),
+        liveness_endpoint=os.environ.get("KUBETUNE_LIVENESS", "http://0.0.0.0:8080/healthz"),
+    )

@@ -1,0 +1,202 @@
+"""The operator's only Kubernetes I/O: thin, typed wrappers over the official client.
+
+Reads return plain dicts (camelCase, as the API sends them) so the pure builders and
+observers work on the same shapes as in tests. Creation is idempotent by name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api import GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+
+def _load(resp: Any) -> dict[str, Any]:
+    return dict(json.loads(resp.data))
+
+
+class Kube:
+    """What the operator does to the cluster; nothing else talks to the API."""
+
+    def __init__(self, api: client.ApiClient, component: str = "kubetune-operator") -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.authn = client.AuthenticationV1Api(api)
+        self.component = component
+        self.requests = 0
+
+    # ------------------------------------------------------------------ FineTuneJobs
+    def get_job_resource(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.requests += 1
+        try:
+            return _load(
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patches status fields (only those given) through the status subresource."""
+        self.requests += 1
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
+
+    def annotate(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        self.requests += 1
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": annotations}}
+        )
+
+    def delete_job_resource(self, namespace: str, name: str) -> None:
+        self.requests += 1
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # ------------------------------------------------------------------ children
+    def create(self, body: dict[str, Any]) -> bool:
+        """Creates the object; False when it already exists (idempotent by name)."""
+        self.requests += 1
+        ns = body["metadata"]["namespace"]
+        kind = body["kind"]
+        creators: dict[str, Callable[..., Any]] = {
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "Service": self.core.create_namespaced_service,
+            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
+            "Pod": self.core.create_namespaced_pod,
+            "Job": self.batch.create_namespaced_job,
+        }
+        try:
+            creators[kind](ns, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.requests += 1
+        try:
+            return _load(self.batch.read_namespaced_job(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        self.requests += 1
+        resp = self.core.list_namespaced_pod(
+            namespace, label_selector=selector, _preload_content=False
+        )
+        return list(_load(resp).get("items", []))
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.requests += 1
+        try:
+            return _load(self.core.read_namespaced_pod(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_workload(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
+        """Deletes a Job and (in the background) its pods; pods get SIGTERM and the grace."""
+        self.requests += 1
+        body = client.V1DeleteOptions(
+            propagation_policy="Background", grace_period_seconds=grace_seconds
+        )
+        try:
+            self.batch.delete_namespaced_job(name, namespace, body=body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def delete_pods(self, namespace: str, selector: str, grace_seconds: int | None) -> None:
+        """Deletes pods directly: the Job GC leaves them to the garbage collector's pace."""
+        self.requests += 1
+        self.core.delete_collection_namespaced_pod(
+            namespace, label_selector=selector, grace_period_seconds=grace_seconds
+        )
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        self.requests += 1
+        try:
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def resume_workload(self, namespace: str, name: str) -> None:
+        self.requests += 1
+        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": False}})
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        self.requests += 1
+        return list(_load(self.core.list_node(_preload_content=False)).get("items", []))
+
+    # ------------------------------------------------------------------ events, auth
+    def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the FineTuneJob (what `kubectl describe ftj` shows)."""
+        meta = body["metadata"]
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        event: dict[str, Any] = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "reportingInstance": self.component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.requests += 1
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)  # type: ignore[arg-type]
+        except ApiException as exc:  # an Event is never worth failing a reconcile
+            log.warning("could not post event %s: %s", reason, exc.reason)
+
+    def review_token(self, token: str, audience: str) -> dict[str, Any] | None:
+        """TokenReview: the authenticated user (with pod name) or None when invalid."""
+        self.requests += 1
+        review = client.V1TokenReview(
+            spec=client.V1TokenReviewSpec(token=token, audiences=[audience])
+        )
+        result = self.authn.create_token_review(review)
+        status = result.status
+        if not status or not status.authenticated or audience not in (status.audiences or []):
+            return None
+        user = status.user
+        if user is None:
+            return None
+        return {
+            "username": user.username,
+            "extra": {k: list(v) for k, v in (user.extra or {}).items()},
+        }

@@ -1,0 +1,173 @@
+"""The operator's pure builders: what a FineTuneJob turns into."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from kubetune import contract as c
+from kubetune.api import FineTuneJob
+from kubetune.api.status import Plan
+from kubetune.api.trainer_config import TrainerConfig
+from kubetune.operator import manifests, naming
+from kubetune.operator.settings import Settings
+
+JOB = manifests.JobMeta(
+    name="tiny", namespace="team-a", uid="u-1", labels={c.KUEUE_QUEUE_LABEL: "gpu"}
+)
+SETTINGS = Settings(progress_url="http://kubetune.kubetune-system.svc:8081")
+
+
+def spec(extra: str = "") -> Any:
+    doc = f"""
+apiVersion: kubetune.io/v1alpha1
+kind: FineTuneJob
+metadata: {{name: tiny}}
+spec:
+  model:
+    hf: {{repo: org/model, tokenSecretRef: {{name: hf, key: tok}}}}
+  dataset:
+    train: {{pvc: {{claimName: data, path: train.jsonl}}}}
+    replay:
+      source: {{s3: {{uri: s3://b/general.jsonl, credentialsSecretRef: {{name: aws}}}}}}
+  output:
+    pvc: {{claimName: out, path: runs/tiny, size: 10Gi}}
+  resources:
+    tolerations: [{{key: team, operator: Exists}}]
+    nodeSelector: {{zone: a}}
+{extra}
+"""
+    return FineTuneJob.model_validate(yaml.safe_load(doc)).spec
+
+
+PLAN = Plan.model_validate(
+    {
+        "method": "lora",
+        "pool": "h100",
+        "gpuType": "H100-80GB",
+        "gpuMemoryGiB": 80,
+        "nodes": 2,
+        "gpusPerNode": 8,
+        "totalGPUs": 16,
+        "microBatchSize": 4,
+        "gradientAccumulationSteps": 1,
+        "globalBatchSize": 64,
+        "gradientCheckpointing": False,
+        "precision": "bf16",
+        "learningRate": 2e-4,
+        "maxSeqLength": 2048,
+        "parameters": 8_000_000_000,
+        "trainableParameters": 40_000_000,
+        "predictedPeakGiB": 30.0,
+    }
+)
+PLACEMENT = manifests.Placement(
+    node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+)
+
+
+def job_manifest() -> dict[str, Any]:
+    return manifests.trainer_job(JOB, spec(), PLAN, PLACEMENT, SETTINGS, attempt=2)
+
+
+def test_indexed_job_one_pod_per_node_gang_failed() -> None:
+    job = job_manifest()
+    assert job["metadata"]["name"] == "tiny-a2"
+    s = job["spec"]
+    assert (s["completionMode"], s["completions"], s["parallelism"]) == ("Indexed", 2, 2)
+    assert s["backoffLimit"] == 0
+    assert job["metadata"]["ownerReferences"][0]["controller"] is True
+    assert job["metadata"]["labels"][c.LABEL_ATTEMPT] == "2"
+
+
+def test_kueue_label_carried_and_job_created_suspended() -> None:
+    job = job_manifest()
+    assert job["metadata"]["labels"][c.KUEUE_QUEUE_LABEL] == "gpu"
+    assert job["spec"]["suspend"] is True
+    plain = manifests.trainer_job(
+        manifests.JobMeta("tiny", "team-a", "u"), spec(), PLAN, PLACEMENT, SETTINGS, 1
+    )
+    assert plain["spec"]["suspend"] is False
+
+
+def test_rendezvous_env_and_gpu_requests() -> None:
+    pod = job_manifest()["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["MASTER_ADDR"]["value"] == "tiny-a2-0.tiny.team-a.svc"
+    assert env["NNODES"]["value"] == "2" and env["NPROC_PER_NODE"]["value"] == "8"
+    assert "job-completion-index" in env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "tok"}
+    assert pod["subdomain"] == naming.service_name("tiny")
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "8"
+    assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "aws"}}]
+
+
+def test_placement_merges_pool_and_spec() -> None:
+    pod = job_manifest()["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "zone": "a"}
+    keys = [t["key"] for t in pod["tolerations"]]
+    assert keys == ["nvidia.com/gpu", "team"]
+
+
+def test_restricted_pod_security() -> None:
+    pod = job_manifest()["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_volumes_claims_shm_and_token() -> None:
+    pod = job_manifest()["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[f"{c.PVC_ROOT}/data"]["readOnly"] is True
+    assert mounts[f"{c.PVC_ROOT}/out"]["readOnly"] is False
+    assert "/dev/shm" in mounts and c.TOKEN_DIR in mounts
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    token = next(v for v in pod["volumes"] if v["name"] == "kubetune-token")
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "kubetune"
+
+
+def test_headless_service_publishes_not_ready() -> None:
+    svc = manifests.headless_service(JOB, SETTINGS)
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"][c.LABEL_JOB] == "tiny"
+
+
+def test_output_claim_is_not_owned_so_outputs_survive_deletion() -> None:
+    pvc = manifests.output_claim(JOB, spec())
+    assert pvc is not None
+    assert "ownerReferences" not in pvc["metadata"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+
+
+def test_config_map_holds_a_valid_trainer_config() -> None:
+    cm = manifests.config_map(JOB, spec(), PLAN, SETTINGS, attempt=2)
+    assert cm["immutable"] is True
+    cfg = TrainerConfig.model_validate(yaml.safe_load(cm["data"][c.CONFIG_FILE]))
+    assert cfg.job.attempt == 2 and cfg.plan.nodes == 2
+    assert cfg.paths.output_dir == f"{c.PVC_ROOT}/out/runs/tiny"
+    assert cfg.progress.url == SETTINGS.progress_url
+
+
+def test_secret_names_lists_every_reference() -> None:
+    assert manifests.secret_names(spec()) == ["aws", "hf"]
+
+
+def test_probe_pod_reads_only_the_model() -> None:
+    pod = manifests.model_probe(JOB, spec(), SETTINGS)
+    container = pod["spec"]["containers"][0]
+    assert container["args"][0] == "inspect-model"
+    assert "nvidia.com/gpu" not in str(container["resources"])
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_builders_are_deterministic() -> None:
+    assert job_manifest() == job_manifest()

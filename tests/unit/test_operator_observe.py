@@ -1,0 +1,132 @@
+"""Classifying an attempt from its Job and pods, and the status helpers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubetune.contract import ExitCode
+from kubetune.operator.conditions import set_condition, with_kstatus
+from kubetune.operator.observe import observe
+from kubetune.operator.statusdiff import merge_patch
+
+
+def job(*conds: str, suspend: bool = False, parallelism: int = 2) -> dict[str, Any]:
+    return {
+        "spec": {"parallelism": parallelism, "suspend": suspend},
+        "status": {"conditions": [{"type": t, "status": "True"} for t in conds]},
+    }
+
+
+def pod(index: int, phase: str = "Running", **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"tiny-a1-{index}",
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+        },
+        "status": {"phase": phase, **status},
+    }
+
+
+def terminated(code: int, reason: str = "Error", message: str = "") -> dict[str, Any]:
+    return {
+        "containerStatuses": [
+            {"state": {"terminated": {"exitCode": code, "reason": reason, "message": message}}}
+        ]
+    }
+
+
+def test_absent_queued_pending_running() -> None:
+    assert observe(None, []).state == "absent"
+    assert observe(job(suspend=True), []).state == "queued"
+    assert observe(job(), [pod(0), pod(1, "Pending")]).state == "pending"
+    assert observe(job(), [pod(0), pod(1)]).state == "running"
+
+
+def test_unschedulable_names_the_missing_resource() -> None:
+    stuck = pod(
+        0,
+        "Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/7 nodes are available: 7 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    )
+    seen = observe(job(), [stuck])
+    assert seen.state == "stuck" and seen.reason == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in seen.message
+
+
+def test_image_pull_backoff_is_stuck() -> None:
+    waiting = pod(
+        0,
+        "Pending",
+        containerStatuses=[
+            {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}
+        ],
+    )
+    seen = observe(job(), [waiting])
+    assert (seen.state, seen.reason) == ("stuck", "ImagePullBackOff")
+
+
+def test_success_reads_rank0_summary() -> None:
+    summary = json.dumps({"reason": "Completed", "step": 40, "checkpoint": "/o/ckpt-40"})
+    seen = observe(
+        job("Complete"),
+        [pod(1, "Succeeded", **terminated(0)), pod(0, "Succeeded", **terminated(0, "", summary))],
+    )
+    assert seen.state == "succeeded"
+    assert seen.summary is not None and seen.summary.step == 40
+
+
+def test_failure_prefers_the_rank_that_explains_itself() -> None:
+    bad = json.dumps({"reason": "BadInput", "message": "train.jsonl:7: invalid JSON"})
+    seen = observe(
+        job("Failed"),
+        [pod(0, "Failed", **terminated(137)), pod(1, "Failed", **terminated(2, "Error", bad))],
+    )
+    assert seen.state == "failed"
+    assert seen.exit_code == ExitCode.BAD_INPUT and not seen.exit_code.retryable
+    assert "train.jsonl:7" in seen.message and seen.reason == "BadInput"
+
+
+def test_signals_are_retryable_and_oom_is_recognised() -> None:
+    killed = observe(job("Failed"), [pod(0, "Failed", **terminated(137))])
+    assert killed.exit_code == ExitCode.RETRYABLE and killed.exit_code.retryable
+    oom = observe(job("Failed"), [pod(0, "Failed", **terminated(137, "OOMKilled"))])
+    assert oom.exit_code == ExitCode.OOM
+
+
+def test_evicted_pod_is_retryable() -> None:
+    seen = observe(job(), [pod(0, "Failed", reason="Evicted", message="node lost")])
+    assert seen.reason == "Evicted" and seen.exit_code == ExitCode.RETRYABLE
+
+
+def test_condition_transition_time_moves_only_on_change() -> None:
+    conds = set_condition([], "Running", True, "Running", "", 1, "t1")
+    conds = set_condition(conds, "Running", True, "Running", "again", 1, "t2")
+    assert conds[0]["lastTransitionTime"] == "t1"
+    conds = set_condition(conds, "Running", False, "Done", "", 1, "t3")
+    assert conds[0]["lastTransitionTime"] == "t3"
+
+
+def test_kstatus_trio() -> None:
+    def state(phase: str) -> dict[str, str]:
+        conds = with_kstatus([], phase, "r", "m", 1, "t")
+        return {x["type"]: x["status"] for x in conds}
+
+    assert state("Succeeded")["Ready"] == "True"
+    assert state("Running")["Reconciling"] == "True"
+    assert state("Failed")["Stalled"] == "True" and state("Failed")["Reconciling"] == "False"
+    assert state("Suspended")["Suspended"] == "True"
+
+
+def test_merge_patch_only_changes_and_nulls_removed_keys() -> None:
+    old = {"phase": "Running", "plan": {"method": "lora", "pool": "a"}, "x": 1}
+    new = {"phase": "Running", "plan": {"method": "qlora", "pool": "a"}}
+    assert merge_patch(old, new) == {"plan": {"method": "qlora"}, "x": None}
+    assert merge_patch(new, new) == {}
