@@ -48,7 +48,7 @@ class ProgressTarget(ApiModel):
 class TrainerConfig(ApiModel):
     """Everything the trainer needs, in one file."""
 
-    version: Literal[1] = TRAINER_CONFIG_VERSION
+    version: Literal[1] = 1
     job: JobRef
     spec: FineTuneJobSpec
     plan: Plan

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from kubetune import __version__
 
+from .status import add_status_parsers
 from .validate import add_validate_parser
 
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kubetune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_validate_parser(sub)
+    add_status_parsers(sub)
     try:
         from .plan import add_plan_parser
     except ImportError:  # the planner arrives with issue 4

@@ -36,6 +36,7 @@ from kubetune.planner import (
     discover_pools,
     from_config,
     load_pools,
+    merge_pools,
     plan,
 )
 from kubetune.planner.architecture import from_spec
@@ -303,12 +304,8 @@ class Reconciler:
     def _pools(self) -> list[NodePool]:
         configured = load_pools(self.settings.pools_file) if self.settings.pools_file else []
         discovered = discover_pools(self.kube.list_nodes()) if self.settings.discover_pools else []
-        names = {p.name for p in configured}
-        types = {p.gpu_type for p in configured}
         # Configured pools win: they carry costs and curated selectors.
-        return configured + [
-            p for p in discovered if p.name not in names and p.gpu_type not in types
-        ]
+        return merge_pools(configured, discovered)
 
     def _placement(self, plan_: Plan) -> manifests.Placement:
         for pool in self._pools():
