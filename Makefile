@@ -92,5 +92,14 @@ demo:
 demo-down:
 	@true
 
+# The local cluster's binaries (kube-apiserver, -controller-manager, -scheduler, kubectl from
+# source; etcd from Debian) and helm, cached under $(KUBETUNE_CACHE)/k8s-<v>, helm-<v>.
+.PHONY: k8s-bins helm
+k8s-bins:
+	hack/build-k8s.sh k8s
+
+helm:
+	hack/build-k8s.sh helm
+
 clean-venv:
 	rm -rf $(VENV)

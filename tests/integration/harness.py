@@ -1,0 +1,213 @@
+"""Fixtures for operator tests: the real operator process against the local cluster.
+
+`operator` runs `python -m kubetune.operator` (the same entry point as the chart's
+Deployment) with admin credentials; the RBAC test runs it under the chart's
+ServiceAccount instead. Helpers apply FineTuneJobs, make hostPath-backed PVCs holding
+local files, and wait for status.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from kubetune.api import GROUP, PLURAL, VERSION
+from tests.localcluster.cluster import LocalCluster
+from tests.localcluster.kube import raw
+
+ROOT = Path(__file__).resolve().parents[2]
+POOLS = ROOT / "tests/localcluster/pools.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """The operator as a child process; logs to `log`."""
+
+    def __init__(self, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "KUBETUNE_POOLS_FILE": str(POOLS),
+            "KUBETUNE_PROGRESS_LISTEN": f"127.0.0.1:{self.port}",
+            "KUBETUNE_PROGRESS_URL": f"http://127.0.0.1:{self.port}",
+            "KUBETUNE_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
+            "KUBETUNE_PROGRESS_INTERVAL_SECONDS": "1",
+            "KUBETUNE_RETRY_BACKOFF_SECONDS": "1",
+            "KUBETUNE_RESYNC_SECONDS": "5",
+            "KUBETUNE_TERMINATION_GRACE_SECONDS": "20",
+            "KUBETUNE_LOG_FORMAT": "plain",
+            **(env or {}),
+        }
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        fh = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetune.operator"],
+            env=self.env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        raise RuntimeError(f"operator did not start: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as a crashed or evicted operator."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def crd(local_cluster: LocalCluster) -> None:
+    local_cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds/finetunejob.yaml"))
+    local_cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=30s"
+    )
+
+
+@pytest.fixture(scope="session")
+def operator(
+    local_cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator for the session, watching every namespace with admin credentials."""
+    proc = OperatorProcess(
+        local_cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log"
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+# ---------------------------------------------------------------------- helpers
+def apply_job(api: client.ApiClient, namespace: str, doc: str | dict[str, Any]) -> dict[str, Any]:
+    body = yaml.safe_load(doc) if isinstance(doc, str) else doc
+    body.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+    body.setdefault("kind", "FineTuneJob")
+    return dict(
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body
+        )
+    )
+
+
+def get_job(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return dict(
+        client.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name
+        )
+    )
+
+
+def wait_for(
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    ok: Callable[[dict[str, Any]], bool],
+    timeout: float,
+    what: str = "condition",
+) -> dict[str, Any]:
+    """Polls the FineTuneJob until `ok(body)`; fails with its last status otherwise."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = get_job(api, namespace, name)
+        if ok(body):
+            return body
+        time.sleep(0.5)
+    status = yaml.safe_dump(body.get("status"), sort_keys=False)
+    raise AssertionError(f"{namespace}/{name}: timed out waiting for {what}; status:\n{status}")
+
+
+def phase_is(*phases: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda b: (b.get("status") or {}).get("phase") in phases
+
+
+def condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+def hostpath_claim(
+    api: client.ApiClient, namespace: str, name: str, source: Path | None = None
+) -> Path:
+    """A PVC bound to a hostPath PV over a fresh directory (a copy of `source` if given).
+
+    The pod runner mounts hostPath PVs as the directory itself, so trainer pods see the
+    files at their mount path exactly as on a real volume.
+    """
+    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"kubetune-pv-{secrets.token_hex(4)}"
+    if source is not None:
+        shutil.copytree(source, base)
+    else:
+        base.mkdir(parents=True)
+    os.chmod(base, 0o777)
+    core = client.CoreV1Api(api)
+    pv = f"{namespace}-{name}"[:63]
+    raw(
+        core.create_persistent_volume,
+        {
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "10Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "hostPath": {"path": str(base)},
+                "storageClassName": "manual",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "claimRef": {"namespace": namespace, "name": name},
+            },
+        },
+    )
+    raw(
+        core.create_namespaced_persistent_volume_claim,
+        namespace,
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "10Gi"}},
+                "storageClassName": "manual",
+                "volumeName": pv,
+            },
+        },
+    )
+    return base

@@ -1,0 +1,476 @@
+"""Start and stop one local control plane: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and the fake-kubelet agent, on loopback, in one temporary directory.
+
+Every process it starts (and every pod process the agent starts) carries
+KUBETUNE_LOCALCLUSTER=<dir> in its environment, so `stop()` can sweep anything left and tests
+can assert that nothing is (see :func:`leftover_processes`).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from tests.localcluster.build import K8S_VERSION, REPO_ROOT, ensure_k8s_binaries
+from tests.localcluster.certs import Pki, make_pki
+from tests.localcluster.kube import api_client, raw
+from tests.localcluster.podrunner import read_logs
+
+MARKER = "KUBETUNE_LOCALCLUSTER"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+START_TIMEOUT = 120.0
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (held together so they differ from each other)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _die_with_parent() -> None:
+    """preexec: SIGTERM the child when the process that started it dies (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def leftover_processes(cluster_dir: str | Path) -> list[int]:
+    """PIDs of live processes started by the cluster rooted at `cluster_dir` (pods included)."""
+    needle = f"{MARKER}={cluster_dir}".encode() + b"\0"
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            env = (p / "environ").read_bytes()
+            state = (p / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and needle in env + b"\0":
+            pids.append(int(p.name))
+    return pids
+
+
+class PodRunnerHandle:
+    """What tests see of the pod runner (which runs in the agent process): its files."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def logs(self, namespace: str, pod: str, container: str | None = None) -> str:
+        """A container's log; `kubectl logs` cannot work without a kubelet server."""
+        return read_logs(self.state_dir, namespace, pod, container)
+
+
+class LocalCluster:
+    """One local Kubernetes control plane with fake GPU nodes and the pod runner.
+
+    `detached=True` keeps the processes alive after this Python process exits (for
+    `python -m tests.localcluster up`); otherwise they die with it even on a crash.
+    """
+
+    def __init__(
+        self,
+        dir: str | Path | None = None,
+        pools: str | Path | None = None,
+        cpu_nodes: int = 1,
+        images: str | Path | None = None,
+        detached: bool = False,
+    ) -> None:
+        self.dir = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="kubetune-localcluster-"))
+        self.pools = pools
+        self.cpu_nodes = cpu_nodes
+        self.images = images
+        self.detached = detached
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.pids: dict[str, int] = {}
+        self.bin_dir = Path()
+        self.startup_seconds = 0.0
+        self.apiserver_port = 0
+        self.pod_runner = PodRunnerHandle(self.dir / "agent")
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def api_client(self) -> client.ApiClient:
+        """A fresh admin ApiClient (system:masters)."""
+        return api_client(str(self.kubeconfig))
+
+    def env(self) -> dict[str, str]:
+        """Environment for tools run against this cluster (KUBECONFIG, kubectl on PATH)."""
+        path = f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        """Run kubectl against the cluster and return stdout (raises on failure if check)."""
+        r = subprocess.run(
+            [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and r.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {r.stderr.strip()}")
+        return r.stdout
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> LocalCluster:
+        self.bin_dir = ensure_k8s_binaries()
+        t0 = time.monotonic()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _start(self) -> None:
+        d = self.dir
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "logs").mkdir(exist_ok=True)
+        pki = make_pki(d / "pki")
+        etcd_port, peer_port, api_port, kcm_port, sched_port, kubelet_port = _free_ports(6)
+        self.apiserver_port = api_port
+        self._write_kubeconfigs(pki)
+        # etcd's data lives in memory (tmpfs) when it can: fsync on a busy disk is the slowest
+        # part of a small cluster and the data is throwaway.
+        shm = Path("/dev/shm")
+        etcd_data = (
+            Path(tempfile.mkdtemp(prefix="kubetune-etcd-", dir=shm)) if shm.is_dir() else d / "etcd"
+        )
+        (d / "etcd-data").write_text(str(etcd_data))
+        self._spawn(
+            "etcd",
+            [
+                str(self.bin_dir / "etcd"),
+                "--name=default",
+                f"--data-dir={etcd_data}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+                "--log-level=warn",
+                "--logger=zap",
+            ],
+        )
+        self._wait("etcd", lambda: self._http_ok(f"http://127.0.0.1:{etcd_port}/health"), 30)
+        cert, key = pki.pair("apiserver")
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bin_dir / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--cert-dir={d / 'apiserver-certs'}",
+                f"--tls-cert-file={cert}",
+                f"--tls-private-key-file={key}",
+                f"--client-ca-file={pki.ca_crt}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                "--authorization-mode=Node,RBAC",
+                # The default plugin set (NamespaceLifecycle, LimitRanger, ServiceAccount,
+                # PodSecurity, Priority, DefaultTolerationSeconds, ResourceQuota, webhooks, ...)
+                # plus what kubeadm adds.
+                "--enable-admission-plugins=NodeRestriction",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                # Reach the fake kubelet (logs only) at the node's InternalIP, 127.0.0.1.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--kubelet-client-certificate={pki.pair('apiserver-kubelet-client')[0]}",
+                f"--kubelet-client-key={pki.pair('apiserver-kubelet-client')[1]}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=0",
+            ],
+        )
+        ctx = ssl.create_default_context(cafile=str(pki.ca_crt))
+        ctx.load_cert_chain(*map(str, pki.pair("admin")))
+        self._wait(
+            "kube-apiserver", lambda: self._http_ok(f"{self.server}/readyz", ctx), START_TIMEOUT
+        )
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bin_dir / "kube-controller-manager"),
+                *self._component_auth("controller-manager"),
+                "--bind-address=127.0.0.1",
+                f"--secure-port={kcm_port}",
+                f"--cert-dir={d / 'kcm-certs'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--root-ca-file={pki.ca_crt}",
+                f"--cluster-signing-cert-file={pki.ca_crt}",
+                f"--cluster-signing-key-file={pki.ca_key}",
+                "--cluster-name=kubetune-local",
+                "--v=0",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bin_dir / "kube-scheduler"),
+                *self._component_auth("scheduler"),
+                "--bind-address=127.0.0.1",
+                f"--secure-port={sched_port}",
+                f"--cert-dir={d / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--v=0",
+            ],
+        )
+        agent = [
+            sys.executable,
+            "-m",
+            "tests.localcluster.agent",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--state-dir={d / 'agent'}",
+            f"--apiserver-port={api_port}",
+            f"--cpu-nodes={self.cpu_nodes}",
+            f"--kubelet-version={K8S_VERSION}",
+            f"--kubelet-port={kubelet_port}",
+            f"--kubelet-cert={pki.pair('kubelet')[0]}",
+            f"--kubelet-key={pki.pair('kubelet')[1]}",
+            f"--marker={MARKER}={d}",
+        ]
+        if self.pools:
+            agent.append(f"--pools={self.pools}")
+        if self.images:
+            agent.append(f"--images={self.images}")
+        self._spawn("agent", agent, cwd=REPO_ROOT)
+        self._save_state()
+        api = self.api_client()
+        try:
+            core = client.CoreV1Api(api)
+            self._wait("nodes Ready", lambda: self._nodes_ready(core), START_TIMEOUT)
+            self._wait(
+                "controller-manager (default ServiceAccount)",
+                lambda: bool(raw(core.list_namespaced_service_account, "default")["items"]),
+                START_TIMEOUT,
+            )
+        finally:
+            api.close()
+
+    def _component_auth(self, name: str) -> list[str]:
+        kc = self.dir / f"{name}.kubeconfig"
+        return [
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+        ]
+
+    def _write_kubeconfigs(self, pki: Pki) -> None:
+        def b64(p: Path) -> str:
+            return base64.b64encode(p.read_bytes()).decode()
+
+        for name, path in (
+            ("admin", self.kubeconfig),
+            ("controller-manager", self.dir / "controller-manager.kubeconfig"),
+            ("scheduler", self.dir / "scheduler.kubeconfig"),
+        ):
+            cert, key = pki.pair(name)
+            kc: dict[str, Any] = {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "kubetune-local",
+                        "cluster": {
+                            "server": self.server,
+                            "certificate-authority-data": b64(pki.ca_crt),
+                        },
+                    }
+                ],
+                "users": [
+                    {
+                        "name": name,
+                        "user": {
+                            "client-certificate-data": b64(cert),
+                            "client-key-data": b64(key),
+                        },
+                    }
+                ],
+                "contexts": [
+                    {
+                        "name": "kubetune-local",
+                        "context": {"cluster": "kubetune-local", "user": name},
+                    }
+                ],
+                "current-context": "kubetune-local",
+            }
+            path.write_text(yaml.safe_dump(kc))
+            path.chmod(0o600)
+
+    def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> None:
+        env = {**os.environ, MARKER: str(self.dir)}
+        if name == "agent":
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])
+            )
+        with open(self.dir / "logs" / f"{name}.log", "ab") as logf:
+            p = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd or self.dir,
+                start_new_session=True,
+                preexec_fn=None if self.detached else _die_with_parent,
+            )
+        self.procs[name] = p
+        self.pids[name] = p.pid
+
+    def _wait(self, what: str, ok: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with {p.returncode} while waiting for {what}; "
+                        f"log: {self.dir / 'logs' / (name + '.log')}\n{self._log_tail(name)}"
+                    )
+            with contextlib.suppress(Exception):
+                if ok():
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} ({self.dir})")
+
+    def _log_tail(self, name: str) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(
+                (self.dir / "logs" / f"{name}.log").read_text(errors="replace").splitlines()[-20:]
+            )
+        return ""
+
+    @staticmethod
+    def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+        with urllib.request.urlopen(url, timeout=2, context=ctx) as r:
+            return bool(r.status == 200)
+
+    @staticmethod
+    def _nodes_ready(core: client.CoreV1Api) -> bool:
+        nodes = raw(core.list_node)["items"]
+        if not nodes:
+            return False
+        for n in nodes:
+            conds = {c["type"]: c["status"] for c in n.get("status", {}).get("conditions", [])}
+            taints = {t["key"] for t in n.get("spec", {}).get("taints") or []}
+            if conds.get("Ready") != "True" or "node.kubernetes.io/not-ready" in taints:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ state (CLI)
+
+    def _save_state(self) -> None:
+        state = {
+            "pids": self.pids,
+            "apiserver_port": self.apiserver_port,
+            "bin_dir": str(self.bin_dir),
+        }
+        (self.dir / "state.json").write_text(json.dumps(state))
+
+    @classmethod
+    def attach(cls, dir: str | Path) -> LocalCluster:
+        """A handle on a running cluster started elsewhere (e.g. by `up`)."""
+        c = cls(dir=dir, detached=True)
+        state = json.loads((c.dir / "state.json").read_text())
+        c.pids = {k: int(v) for k, v in state["pids"].items()}
+        c.apiserver_port = state["apiserver_port"]
+        c.bin_dir = Path(state["bin_dir"])
+        return c
+
+    # ------------------------------------------------------------------ stop
+
+    def stop(self, remove: bool = True) -> None:
+        """Stop everything (the agent first, so it can kill pods) and sweep leftovers."""
+        order = ["agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
+        for name in order:
+            pid = self.pids.get(name)
+            if pid is None:
+                continue
+            self._terminate(name, pid, timeout=10 if name == "agent" else 5)
+        for pid in leftover_processes(self.dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while leftover_processes(self.dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.pids.clear()
+        self.procs.clear()
+        if remove:
+            with contextlib.suppress(OSError):
+                etcd = Path((self.dir / "etcd-data").read_text())
+                if etcd.is_relative_to("/dev/shm"):
+                    shutil.rmtree(etcd, ignore_errors=True)
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _terminate(self, name: str, pid: int, timeout: float) -> None:
+        proc = self.procs.get(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None:
+                if proc.poll() is not None:
+                    return
+            elif not _alive(pid):
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
