@@ -1,0 +1,1 @@
+"""kubetune's trainer image: data preparation, launch and training of one FineTuneJob."""

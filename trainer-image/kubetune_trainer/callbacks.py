@@ -1,0 +1,230 @@
+"""Hooks into the Trainer loop: progress, NaN guard, preemption, early stopping, epoch
+checkpoints, and the SFTTrainer subclass that publishes checkpoints atomically."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from trl import SFTTrainer
+
+from kubetune.contract import ProgressReport
+
+from . import checkpoints
+from .failures import NaNLoss
+from .progress import ProgressReporter
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on one (ranks must stop at the same step)."""
+    if not _distributed():
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class Preemption:
+    """SIGTERM sets a flag; the loop checkpoints at the next step and stops."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.handled = False
+
+    def install(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            self.requested.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
+
+class PreemptionCallback(TrainerCallback):
+    def __init__(self, preemption: Preemption) -> None:
+        self.preemption = preemption
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if _any_rank(self.preemption.requested.is_set()):
+            self.preemption.handled = True
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class NaNGuard(TrainerCallback):
+    """Stops the run at the first NaN/Inf loss (all ranks see the same gathered loss)."""
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NaNLoss(
+                f"training loss became {loss} at step {state.global_step}; lower the learning"
+                " rate (plan.learningRate), check the data for empty or extreme rows, or use"
+                " bf16 instead of fp16"
+            )
+
+
+class EpochCheckpoint(TrainerCallback):
+    """Checkpoint at every epoch end in addition to every N steps."""
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        control.should_save = True
+
+
+class EarlyStopping(TrainerCallback):
+    """Stop after `patience` evaluations without the metric improving by `threshold`."""
+
+    def __init__(
+        self, metric: str, greater_is_better: bool, patience: int, threshold: float
+    ) -> None:
+        self.metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+        self.greater = greater_is_better
+        self.patience = patience
+        self.threshold = threshold
+        self.best: float | None = None
+        self.bad = 0
+        self.stopped_at: int | None = None
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        value = (metrics or {}).get(self.metric)
+        if value is None:
+            return
+        better = self.best is None or (
+            value > self.best + self.threshold
+            if self.greater
+            else value < self.best - self.threshold
+        )
+        if better:
+            self.best, self.bad = value, 0
+            return
+        self.bad += 1
+        if self.bad >= self.patience:
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+
+
+class ProgressCallback(TrainerCallback):
+    """Feeds the reporter from rank 0's logs; reads nothing that costs a sync."""
+
+    def __init__(self, reporter: ProgressReporter, namespace: str, name: str, attempt: int) -> None:
+        self.reporter = reporter
+        self.ident = {"namespace": namespace, "name": name, "attempt": attempt}
+        self.started = time.monotonic()
+        self.start_step = 0
+        self.start_tokens = 0
+        self.tokens_per_second: float | None = None
+        self.checkpoint: tuple[str, int] | None = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.started = time.monotonic()
+        self.start_step = state.global_step  # resumed runs: rate from this attempt only
+        self.start_tokens = state.num_input_tokens_seen
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.checkpoint = (f"checkpoint-{state.global_step}", state.global_step)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        logs = logs or {}
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        done = state.global_step - self.start_step
+        tokens = state.num_input_tokens_seen - self.start_tokens
+        self.tokens_per_second = tokens / elapsed if tokens else None
+        eta = (state.max_steps - state.global_step) * elapsed / done if done else None
+        peak = None
+        import torch
+
+        if torch.cuda.is_available():
+            peak = torch.cuda.max_memory_allocated() / 2**30
+        loss = logs.get("loss")
+        self.reporter.submit(
+            ProgressReport(
+                **self.ident,
+                step=state.global_step,
+                total_steps=state.max_steps or None,
+                epoch=state.epoch,
+                loss=loss if loss is not None and math.isfinite(loss) else None,
+                learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                tokens_per_second=self.tokens_per_second,
+                eta_seconds=eta,
+                percent=100.0 * state.global_step / state.max_steps if state.max_steps else None,
+                peak_memory_gi_b=peak,
+                checkpoint=self.checkpoint[0] if self.checkpoint else None,
+                checkpoint_step=self.checkpoint[1] if self.checkpoint else None,
+                phase="training",
+            )
+        )
+
+
+class KubetuneSFTTrainer(SFTTrainer):
+    """SFTTrainer whose checkpoints appear only once complete (see `checkpoints`)."""
+
+    keep_checkpoints: int = 2
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        root = Path(str(self.args.output_dir))
+        staging = root / checkpoints.STAGING
+        self.args.output_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = str(root)
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            staged = staging / f"{checkpoints.PREFIX}-{self.state.global_step}"
+            final = checkpoints.publish(staged, root)
+            best = None
+            if self.state.best_global_step:
+                best = root / f"{checkpoints.PREFIX}-{self.state.best_global_step}"
+                best = best if best.is_dir() else None
+            self.state.best_model_checkpoint = str(best) if best else None
+            self.state.save_to_json(os.fspath(final / checkpoints.STATE_FILE))
+            checkpoints.rotate(root, self.keep_checkpoints, best)
+        self.accelerator.wait_for_everyone()

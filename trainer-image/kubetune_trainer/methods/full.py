@@ -1,0 +1,11 @@
+"""Full fine-tuning: every weight trains (AdamW, fused on GPU); DeepSpeed ZeRO for scale."""
+
+from __future__ import annotations
+
+from .base import Method
+
+
+class Full(Method):
+    name = "full"
+    default_learning_rate = 2e-5
+    trains_base_weights = True

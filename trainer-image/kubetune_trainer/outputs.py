@@ -1,0 +1,210 @@
+"""What a run leaves behind: adapter or model, merged weights, tokenizer and chat
+template, model card, and copies to object stores or the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.spec import FineTuneJobSpec
+
+from .failures import BadInput, Retryable
+
+log = logging.getLogger(__name__)
+
+
+def save_tokenizer(tokenizer: Any, out: Path, chat_template: str | None) -> Path:
+    """The tokenizer beside the weights, with the chat template the data was rendered in."""
+    out.mkdir(parents=True, exist_ok=True)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def merge_adapter(
+    base_dir: str, adapter_dir: Path, tokenizer: Any, out: Path, trust_remote_code: bool = False
+) -> Path:
+    """Fold the adapter into freshly loaded bf16 base weights (never the 4-bit ones:
+    merging into quantised weights would round the update away)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(
+        base_dir, dtype=torch.bfloat16, trust_remote_code=trust_remote_code
+    )
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def push_fsspec(local: Path, uri: str, storage_options: dict[str, Any] | None = None) -> str:
+    """Copy the directory `local` to `uri` (s3://, gs://, memory://, file://) recursively."""
+    import fsspec
+
+    uri = uri.replace("gcs://", "gs://", 1)
+    try:
+        fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    except (ImportError, ValueError) as err:
+        raise BadInput(f"cannot write to {uri}: {err}") from err
+    try:
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(local).as_posix()
+                fs.makedirs(os.path.dirname(f"{root}/{rel}"), exist_ok=True)
+                fs.put_file(str(path), f"{root}/{rel}")
+    except (OSError, TimeoutError) as err:
+        raise Retryable(f"copying the outputs to {uri} failed: {err}") from err
+    return uri
+
+
+def push_hub(local: Path, repo: str, revision: str, private: bool, token: str | None) -> str:
+    """Upload `local` to a Hub model repository (created when missing)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(
+            folder_path=str(local),
+            repo_id=repo,
+            revision=revision,
+            commit_message="kubetune fine-tune",
+        )
+    except Exception as err:
+        raise Retryable(f"pushing to the Hugging Face Hub repo {repo} failed: {err}") from err
+    return f"hf://{repo}"
+
+
+def model_card(
+    spec: FineTuneJobSpec,
+    plan: dict[str, Any],
+    data_report: dict[str, Any] | None,
+    evaluation: dict[str, Any],
+    job: str,
+) -> str:
+    """README.md: what was trained, on what, how, and how it scores against the base."""
+    model = spec.model
+    store = model.s3 or model.gcs
+    base = (
+        model.hf.repo
+        if model.hf
+        else model.path
+        if model.path
+        else f"pvc:{model.pvc.claim_name}/{model.pvc.path}"
+        if model.pvc
+        else store.uri
+        if store
+        else "unknown"
+    )
+    lines = [
+        "---",
+        f"base_model: {base}",
+        "library_name: " + ("peft" if plan.get("method") != "full" else "transformers"),
+        "tags: [kubetune, fine-tuned]",
+        "---",
+        f"# {job}",
+        "",
+        f"Fine-tuned from `{base}` with **{plan.get('method')}** by kubetune.",
+        "",
+        "## Training configuration",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+    ]
+    for key in (
+        "method",
+        "learningRate",
+        "microBatchSize",
+        "gradientAccumulationSteps",
+        "globalBatchSize",
+        "maxSeqLength",
+        "precision",
+        "gradientCheckpointing",
+        "zeroStage",
+        "nodes",
+        "gpusPerNode",
+    ):
+        if key in plan:
+            lines.append(f"| {key} | {plan[key]} |")
+    t = spec.training
+    lines += [
+        f"| epochs | {t.epochs} |",
+        f"| lrScheduler | {t.lr_scheduler} |",
+        f"| seed | {t.seed} |",
+    ]
+    if spec.lora and plan.get("method") in ("lora", "qlora"):
+        lines.append(
+            f"| lora | r={spec.lora.r}, alpha={spec.lora.alpha},"
+            f" targets={','.join(spec.lora.target_modules)} |"
+        )
+    if data_report:
+        counts = data_report.get("counts", {})
+        lines += [
+            "",
+            "## Data",
+            "",
+            f"Format `{data_report.get('format')}`; "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + ".",
+            f"Training data sha256 `{data_report.get('sha256', '')[:16]}`.",
+        ]
+    base_m = evaluation.get("baseline") or {}
+    final_m = evaluation.get("final") or {}
+    names = [
+        n
+        for n in ("loss", "perplexity", "exactMatch", "rougeL", "accuracy")
+        if n in base_m or n in final_m
+    ]
+    if names:
+        lines += [
+            "",
+            "## Evaluation",
+            "",
+            "| metric | base model | fine-tuned |",
+            "| --- | --- | --- |",
+        ]
+        for n in names:
+            lines.append(f"| {n} | {_fmt(base_m.get(n))} | {_fmt(final_m.get(n))} |")
+    forgetting = evaluation.get("forgetting")
+    if forgetting:
+        lines += [
+            "",
+            f"Forgetting check: general-text perplexity "
+            f"{forgetting['baselinePerplexity']:.3f} → {forgetting['tunedPerplexity']:.3f}"
+            f" ({forgetting['increasePercent']:+.2f} %, limit"
+            f" {forgetting['limitPercent']} %): "
+            + ("passed" if forgetting["passed"] else "**failed**")
+            + ".",
+        ]
+    lines += ["", "## Use", "", "```python"]
+    if plan.get("method") == "full":
+        lines += [
+            "from transformers import AutoModelForCausalLM",
+            'model = AutoModelForCausalLM.from_pretrained("<this directory>")',
+        ]
+    else:
+        lines += [
+            "from peft import AutoPeftModelForCausalLM",
+            'model = AutoPeftModelForCausalLM.from_pretrained("<this directory>")',
+        ]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> Path:
+    """Write `doc` atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str, allow_nan=True))
+    tmp.replace(path)
+    return path

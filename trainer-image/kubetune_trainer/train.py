@@ -1,0 +1,557 @@
+"""Fine-tune one FineTuneJob on this process's rank: `python -m kubetune_trainer train --config F`.
+
+The recipe reads top to bottom: validate (in __init__) → setup (seed, model files,
+tokenizer, data, model, baseline, trainer) → train (resuming from the newest complete
+checkpoint) → save (adapter or model, merged weights) → evaluate (tuned vs baseline,
+forgetting, overfitting, loss curve, report, model card) → publish (object store, Hub).
+Every exit, good or bad, leaves a TerminationSummary in the termination log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.trainer_config import TrainerConfig
+from kubetune.contract import ExitCode, TerminationSummary
+
+from . import checkpoints, evaluation, outputs, plots
+from .config import RunPaths, load_config
+from .distributed import Rank
+from .failures import BadInput, Preempted, classify
+from .methods import Hardware, get_method
+from .termination import write_termination_log
+
+log = logging.getLogger("kubetune_trainer.train")
+
+ENV_DEEPSPEED_CONFIG = "KUBETUNE_DEEPSPEED_CONFIG"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="trainer config file (default $KUBETUNE_CONFIG)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except Exception as err:
+        return _finish(Rank.from_env(), None, err)
+    return run_training(config)
+
+
+def run_training(config: TrainerConfig) -> int:
+    """The whole run on this rank; returns the ExitCode (local rank 0 writes the summary)."""
+    from .callbacks import Preemption
+
+    rank = Rank.from_env()
+    preemption = Preemption()
+    preemption.install()
+    recipe: FineTuneRecipe | None = None
+    try:
+        recipe = FineTuneRecipe(config, preemption)
+        recipe.setup()
+        recipe.train()
+        recipe.save()
+        recipe.evaluate()
+        recipe.publish()
+        error: BaseException | None = None
+    except BaseException as err:  # KeyboardInterrupt too: it is a preemption here
+        error = err
+        if not isinstance(err, Exception | KeyboardInterrupt):
+            raise
+    finally:
+        if recipe is not None:
+            recipe.cleanup()
+    return _finish(rank, recipe, error)
+
+
+def _finish(rank: Rank, recipe: FineTuneRecipe | None, error: BaseException | None) -> int:
+    if error is None:
+        code, reason, message = ExitCode.OK, "Completed", "training completed"
+    else:
+        code, reason, message = classify(error)
+        if code == ExitCode.ERROR:
+            log.exception("training failed", exc_info=error)
+        print(f"kubetune_trainer: {reason}: {message}", file=sys.stderr)
+    summary = (
+        recipe.summary(code, reason, message)
+        if recipe is not None
+        else TerminationSummary(exit_code=code, reason=reason, message=message)
+    )
+    if rank.is_local_main:
+        write_termination_log(summary)
+    return int(code)
+
+
+class FineTuneRecipe:
+    """One run of one FineTuneJob on this rank."""
+
+    def __init__(self, config: TrainerConfig, preemption: Any) -> None:
+        import torch
+
+        self.config = config
+        self.spec = config.spec
+        self.plan = config.plan
+        self.preemption = preemption
+        self.rank = Rank.from_env()
+        self.paths = RunPaths.of(config)
+        cuda = torch.cuda.is_available()
+        self.hardware = Hardware(cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported())
+        # Validate before anything expensive: a bad combination fails in a second.
+        self.method = get_method(self.plan.method)
+        self.method.validate(self.spec, self.plan)
+        if self.plan.micro_batch_size < 1 or self.plan.gradient_accumulation_steps < 1:
+            raise BadInput("plan.microBatchSize and plan.gradientAccumulationSteps must be >= 1")
+        self.deepspeed = os.environ.get(ENV_DEEPSPEED_CONFIG) if self.plan.zero_stage else None
+        self.precision = self._precision()
+        # Filled in as the run goes, for the report and the termination summary.
+        self.data_report: dict[str, Any] | None = None
+        self.baseline: dict[str, Any] | None = None
+        self.final: dict[str, Any] | None = None
+        self.evaluation: dict[str, Any] = {}
+        self.train_metrics: dict[str, float] = {}
+        self.output: dict[str, str] = {}
+        self.resumed_from: str | None = None
+        self.trainer: Any = None
+
+    def _precision(self) -> str:
+        """bf16/fp16 as planned where the hardware has it; fp32 on CPU."""
+        wanted = self.plan.precision
+        if not self.hardware.cuda:
+            return "fp32"
+        if wanted == "bf16" and not self.hardware.bf16:
+            log.warning("plan asks for bf16 but this GPU has none; training in fp16")
+            return "fp16"
+        return wanted if wanted in ("bf16", "fp16") else "fp32"
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        import torch
+        from accelerate import PartialState
+        from transformers import AutoTokenizer, set_seed
+
+        # 1. Seed python, numpy and torch (the Trainer reseeds its data order from it).
+        set_seed(self.spec.training.seed)
+        # 2. Training arguments; building them joins the process group (gloo on CPU,
+        #    NCCL on GPU), after which ranks can wait for each other.
+        self.args = self._training_args()
+        self.state = PartialState()
+        if self.rank.world_size > 1 and not self.hardware.cuda:
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // self.rank.world_size))
+        # 3. Base model files, and the tokenizer from them.
+        from .models import resolve_model_dir
+
+        with self.state.local_main_process_first():
+            self.model_dir = resolve_model_dir(
+                self.spec.model, self.config.paths.pvc_root, self.config.paths.scratch_dir
+            )
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                self.model_dir, trust_remote_code=self.spec.model.trust_remote_code
+            )
+        except (OSError, ValueError) as err:
+            raise BadInput(f"cannot load the tokenizer from {self.model_dir}: {err}") from err
+        # 4. Data: the pipeline runs once per node; the other ranks load its output.
+        self.splits = self._prepare_data()
+        # 5. The model, loaded the way the method needs (4-bit for QLoRA), SDPA attention.
+        self.model = self._load_model()
+        # 6. The base model's scores (before any adapter), kept across resumes.
+        self._baseline()
+        # 7. The Trainer, wrapping the model in the method's PEFT config.
+        self.trainer = self._build_trainer()
+
+    def _prepare_data(self) -> Any:
+        from datasets import load_from_disk
+
+        from .data.pipeline import prepare
+
+        out = Path(self.config.paths.scratch_dir, "data")
+        spec = self.spec
+        if spec.training.packing and not self.method.supports_packing:
+            log.info("method %s prepends virtual tokens: preparing unpacked rows", spec.method)
+            spec = spec.model_copy(deep=True)
+            spec.training.packing = False
+        with self.state.local_main_process_first():
+            if self.state.is_local_main_process:
+                prepared = prepare(spec, self.model_dir, out)
+                splits, report = prepared.splits, prepared.report
+            else:
+                splits = load_from_disk(str(out))
+                report = json.loads((out / "data-report.json").read_text())
+        self.data_report = report
+        self.chat_template = (
+            (out / "chat_template.jinja").read_text()
+            if (out / "chat_template.jinja").is_file()
+            else None
+        )
+        if self.state.is_main_process:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / "data-report.json", self.paths.data_report)
+        if len(splits["train"]) == 0:
+            raise BadInput(
+                f"no training examples survived data preparation; see {self.paths.data_report}"
+            )
+        return splits
+
+    def _load_model(self) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.float32
+        if not self.method.trains_base_weights and self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        kwargs = self.method.load_kwargs(self.spec, self.hardware)
+        if self.method.quantized and self.hardware.cuda:
+            kwargs["device_map"] = {"": self.rank.local_rank}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.model_dir,
+                dtype=dtype,
+                attn_implementation="sdpa",
+                trust_remote_code=self.spec.model.trust_remote_code,
+                **kwargs,
+            )
+        except (OSError, ValueError) as err:
+            raise BadInput(f"cannot load the model from {self.model_dir}: {err}") from err
+        return self.method.prepare_model(model, self.gradient_checkpointing)
+
+    def _baseline(self) -> None:
+        ev = self.spec.evaluation
+        if not ev.compare_baseline or not self.state.is_main_process:
+            return
+        if self.paths.baseline.is_file():  # a resumed attempt: the base model has not changed
+            self.baseline = json.loads(self.paths.baseline.read_text())
+            return
+        started = time.monotonic()
+        scores = self._score(self.model)
+        self.baseline = {
+            "metrics": scores.metrics,
+            "samples": scores.samples,
+            "generalPerplexity": scores.general_perplexity,
+            "seconds": round(time.monotonic() - started, 2),
+        }
+        outputs.write_json(self.paths.baseline, self.baseline)
+        log.info("baseline: %s", scores.metrics)
+
+    def _score(self, model: Any) -> evaluation.Scores:
+        ev = self.spec.evaluation
+        return evaluation.score(
+            model,
+            self.tokenizer,
+            self.splits,
+            ev.metrics,
+            ev.max_new_tokens,
+            ev.max_test_samples,
+            ev.sample_generations,
+        )
+
+    def _training_args(self) -> Any:
+        from trl import SFTConfig
+
+        t, ev = self.spec.training, self.spec.evaluation
+        self.gradient_checkpointing = (
+            self.plan.gradient_checkpointing and self.method.supports_gradient_checkpointing
+        )
+        every = t.checkpoint.every_steps
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.paths.tensorboard)
+        return SFTConfig(
+            output_dir=str(self.paths.checkpoints),
+            per_device_train_batch_size=self.plan.micro_batch_size,
+            per_device_eval_batch_size=self.plan.micro_batch_size,
+            gradient_accumulation_steps=self.plan.gradient_accumulation_steps,
+            num_train_epochs=t.epochs,
+            learning_rate=self.plan.learning_rate,
+            lr_scheduler_type=t.lr_scheduler,
+            warmup_steps=t.warmup_ratio,  # < 1: a fraction of the steps
+            weight_decay=t.weight_decay,
+            optim=self.method.optimizer(self.hardware),
+            bf16=self.precision == "bf16",
+            fp16=self.precision == "fp16",
+            use_cpu=not self.hardware.cuda,
+            ddp_backend="gloo" if not self.hardware.cuda and self.rank.world_size > 1 else None,
+            deepspeed=self.deepspeed,
+            gradient_checkpointing=self.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            neftune_noise_alpha=t.neftune_noise_alpha,
+            seed=t.seed,
+            data_seed=t.seed,
+            logging_steps=1,
+            logging_nan_inf_filter=False,  # a NaN must reach the guard, not be averaged away
+            eval_strategy=ev.strategy,
+            eval_steps=ev.every_steps if ev.strategy == "steps" else None,
+            save_strategy="steps" if every else "epoch",
+            save_steps=every or 500,
+            save_total_limit=None,  # rotation is ours: last K plus the best
+            metric_for_best_model="eval_loss" if ev.strategy != "no" else None,
+            greater_is_better=False,
+            report_to=["tensorboard"],
+            include_num_input_tokens_seen="non_padding",
+            dataset_kwargs={"skip_prepare_dataset": True},
+            remove_unused_columns=False,
+            max_length=None,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+
+    def _build_trainer(self) -> Any:
+        from .callbacks import (
+            EarlyStopping,
+            EpochCheckpoint,
+            KubetuneSFTTrainer,
+            NaNGuard,
+            PreemptionCallback,
+            ProgressCallback,
+        )
+        from .collate import Collator, training_view
+        from .progress import ProgressReporter
+
+        t, args = self.spec.training, self.args
+        has_validation = "validation" in self.splits and len(self.splits["validation"]) > 0
+        if not has_validation:
+            args.eval_strategy = "no"  # nothing to evaluate on; the run still trains
+            args.metric_for_best_model = None
+        eval_strategy = str(args.eval_strategy)
+        every = t.checkpoint.every_steps
+        self.reporter = (
+            ProgressReporter.from_config(self.config)
+            if self.state.is_main_process
+            else ProgressReporter(None, None)
+        )
+        self.progress = ProgressCallback(
+            self.reporter, self.config.job.namespace, self.config.job.name, self.config.job.attempt
+        )
+        callbacks: list[Any] = [NaNGuard(), PreemptionCallback(self.preemption), self.progress]
+        if every:
+            callbacks.append(EpochCheckpoint())
+        self.early_stopping = None
+        es = t.early_stopping
+        if es is not None and es.enabled and eval_strategy != "no":
+            if es.metric != "eval_loss":
+                log.warning(
+                    "early stopping watches eval_loss; %s is only scored at the end", es.metric
+                )
+            self.early_stopping = EarlyStopping("eval_loss", False, es.patience, es.threshold)
+            callbacks.append(self.early_stopping)
+        trainer = KubetuneSFTTrainer(
+            model=self.model,
+            args=args,
+            train_dataset=training_view(self.splits["train"]),
+            eval_dataset=training_view(self.splits["validation"]) if has_validation else None,
+            processing_class=self.tokenizer,
+            data_collator=Collator(self.tokenizer.pad_token_id),
+            peft_config=self.method.peft_config(self.spec, self.model_dir),
+            callbacks=callbacks,
+        )
+        trainer.keep_checkpoints = t.checkpoint.keep
+        return trainer
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> None:
+        root = self.paths.checkpoints
+        if self.state.is_main_process:
+            for leftover in checkpoints.clean_incomplete(root):
+                log.info("removed incomplete checkpoint %s", leftover)
+        self.state.wait_for_everyone()
+        latest = checkpoints.latest(root)
+        self.resumed_from = str(latest.path) if latest else None
+        if latest:
+            log.info("resuming from %s (step %d)", latest.path, latest.step)
+        result = self.trainer.train(resume_from_checkpoint=self.resumed_from)
+        self.train_metrics = {
+            k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)
+        }
+        if self.progress.tokens_per_second:
+            self.train_metrics["tokens_per_second"] = self.progress.tokens_per_second
+        if self.preemption.handled:
+            saved = checkpoints.latest(root)
+            raise Preempted(
+                f"SIGTERM at step {self.trainer.state.global_step};"
+                f" checkpoint {saved.path.name if saved else 'none'} saved, the next attempt"
+                " resumes from it"
+            )
+
+    # ------------------------------------------------------------------ save
+    def save(self) -> None:
+        full = self.method.trains_base_weights
+        target = self.paths.model if full else self.paths.adapter
+        self.trainer.save_model(str(target))  # every rank: ZeRO-3 gathers the weights
+        if not self.state.is_main_process:
+            return
+        outputs.save_tokenizer(self.tokenizer, target, self.chat_template)
+        self.output["adapter" if not full else "model"] = str(target)
+        if self.spec.output and self.spec.output.merge_adapter and not full:
+            outputs.merge_adapter(
+                self.model_dir,
+                target,
+                self.tokenizer,
+                self.paths.merged,
+                self.spec.model.trust_remote_code,
+            )
+            self.output["merged"] = str(self.paths.merged)
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self) -> None:
+        if not self.state.is_main_process:
+            return
+        ev = self.spec.evaluation
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        started = time.monotonic()
+        scores = self._score(model)
+        self.final = {
+            "metrics": scores.metrics,
+            "samples": scores.samples,
+            "generalPerplexity": scores.general_perplexity,
+            "seconds": round(time.monotonic() - started, 2),
+        }
+        log.info("tuned: %s", scores.metrics)
+        self.evaluation = {
+            "baseline": (self.baseline or {}).get("metrics"),
+            "final": scores.metrics,
+        }
+        base_ppl = (self.baseline or {}).get("generalPerplexity")
+        if ev.forgetting is not None and base_ppl and scores.general_perplexity:
+            self.evaluation["forgetting"] = evaluation.forgetting(
+                base_ppl,
+                scores.general_perplexity,
+                ev.forgetting.max_perplexity_increase_percent,
+            )
+        history = self.trainer.state.log_history
+        patience = (
+            self.spec.training.early_stopping.patience if self.spec.training.early_stopping else 2
+        )
+        self.evaluation["overfitting"] = evaluation.overfitting(history, patience)
+        self.evaluation["passed"] = bool(
+            (self.evaluation.get("forgetting") or {}).get("passed", True)
+        )
+        curve = plots.loss_curve(history, self.paths.loss_curve, self.config.job.name)
+        if curve:
+            self.output["lossCurve"] = str(curve)
+        self.output["report"] = str(self.paths.report)
+        self.output["dataReport"] = str(self.paths.data_report)
+        outputs.write_json(self.paths.report, self.report())
+        card = outputs.model_card(
+            self.spec,
+            self.plan.model_dump(by_alias=True, mode="json"),
+            self.data_report,
+            self.evaluation,
+            self.config.job.name,
+        )
+        self.paths.model_card.write_text(card)
+        for folder in ("adapter", "model", "merged"):
+            if folder in self.output:
+                (Path(self.output[folder]) / "README.md").write_text(card)
+        self.output["modelCard"] = str(self.paths.model_card)
+
+    def report(self) -> dict[str, Any]:
+        """The full report (report.json): everything the summary had to leave out."""
+        state = self.trainer.state if self.trainer else None
+        return {
+            "job": self.config.job.model_dump(by_alias=True, mode="json"),
+            "plan": self.plan.model_dump(by_alias=True, mode="json"),
+            "method": self.method.name,
+            "precision": self.precision,
+            "resumedFrom": self.resumed_from,
+            "training": self.train_metrics,
+            "steps": state.global_step if state else None,
+            "earlyStopped": self.early_stopping.stopped_at if self.early_stopping else None,
+            "baseline": self.baseline,
+            "final": self.final,
+            "evaluation": self.evaluation,
+            "data": self.data_report,
+            "logHistory": state.log_history if state else [],
+            "checkpoints": [str(c.path) for c in checkpoints.list_complete(self.paths.checkpoints)],
+            "bestCheckpoint": state.best_model_checkpoint if state else None,
+            "output": self.output,
+        }
+
+    # ------------------------------------------------------------------ publish
+    def publish(self) -> None:
+        out = self.spec.output
+        if out is None or not self.state.is_main_process:
+            return
+        finals = [
+            p for p in (self.paths.adapter, self.paths.model, self.paths.merged) if p.is_dir()
+        ]
+        files = [
+            p
+            for p in (
+                self.paths.report,
+                self.paths.data_report,
+                self.paths.loss_curve,
+                self.paths.model_card,
+            )
+            if p.is_file()
+        ]
+        staging = Path(self.config.paths.scratch_dir, "publish")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for d in finals:
+            shutil.copytree(d, staging / d.name)
+        for f in files:
+            shutil.copyfile(f, staging / f.name)
+        for store in (out.s3, out.gcs):
+            if store is not None:
+                self.output["objectStore"] = outputs.push_fsspec(staging, store.uri)
+        if out.hf is not None:
+            pushed = self.paths.merged if self.paths.merged.is_dir() else finals[0]
+            self.output["hub"] = outputs.push_hub(
+                pushed,
+                out.hf.repo,
+                out.hf.revision,
+                out.hf.private,
+                os.environ.get("HF_TOKEN"),
+            )
+
+    # ------------------------------------------------------------------ cleanup
+    def cleanup(self) -> None:
+        reporter = getattr(self, "reporter", None)
+        if reporter is not None:
+            reporter.close()
+
+    def summary(self, code: int, reason: str, message: str) -> TerminationSummary:
+        """The compact result for the termination log (termination.render fits it)."""
+        state = self.trainer.state if self.trainer else None
+        latest = checkpoints.latest(self.paths.checkpoints)
+        counts = (self.data_report or {}).get("counts", {})
+        evaluation_: dict[str, Any] = {}
+        for key in ("baseline", "final"):
+            if isinstance(self.evaluation.get(key), dict):
+                evaluation_[key] = self.evaluation[key]
+        if isinstance(self.evaluation.get("forgetting"), dict):
+            f = self.evaluation["forgetting"]
+            evaluation_["forgetting"] = {k: float(v) for k, v in f.items() if k != "passed"}
+        if "passed" in self.evaluation:
+            evaluation_["passed"] = self.evaluation["passed"]
+        metrics = {
+            k: v
+            for k, v in self.train_metrics.items()
+            if k
+            in (
+                "train_loss",
+                "train_runtime",
+                "tokens_per_second",
+                "train_samples_per_second",
+                "epoch",
+            )
+        }
+        return TerminationSummary(
+            exit_code=code,
+            reason=reason,
+            message=message,
+            step=state.global_step if state else None,
+            total_steps=state.max_steps if state else None,
+            metrics=metrics,
+            evaluation=evaluation_,
+            checkpoint=str(latest.path) if latest else None,
+            best_checkpoint=state.best_model_checkpoint if state else None,
+            output=self.output,
+            data={k: int(v) for k, v in counts.items() if isinstance(v, int)},
+        )
