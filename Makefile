@@ -77,7 +77,8 @@ typecheck: $(STAMP)
 
 crds: $(STAMP)
 	$(VPY) -m kubetune.api.crd > crds/finetunejob.yaml
-	@echo wrote crds/finetunejob.yaml
+	cp crds/finetunejob.yaml charts/kubetune/crds/finetunejob.yaml
+	@echo wrote crds/finetunejob.yaml and its copy in charts/kubetune/crds/
 
 # pytest exits 5 when it collects nothing: for us that is a broken suite, never a pass.
 pytest: $(STAMP)

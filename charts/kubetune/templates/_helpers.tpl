@@ -1,0 +1,107 @@
+{{/* Chart name. */}}
+{{- define "kubetune.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the prefix of every resource name. */}}
+{{- define "kubetune.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kubetune.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. Note: not app.kubernetes.io/managed-by=kubetune, which marks
+the operator's own children (trainer pods). */}}
+{{- define "kubetune.labels" -}}
+helm.sh/chart: {{ include "kubetune.chart" . }}
+{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubetune
+{{- end }}
+
+{{- define "kubetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "kubetune.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kubetune.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Trainer pods' ServiceAccount: explicit name, else <fullname>-trainer when watching
+namespaces (the chart creates it in each), else `default` (cluster-wide: it must exist in
+every namespace that runs jobs, and every namespace has `default`). */}}
+{{- define "kubetune.trainerServiceAccountName" -}}
+{{- if .Values.trainer.serviceAccount.name }}
+{{- .Values.trainer.serviceAccount.name }}
+{{- else if .Values.watchNamespaces }}
+{{- printf "%s-trainer" (include "kubetune.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- "default" }}
+{{- end }}
+{{- end }}
+
+{{- define "kubetune.peering" -}}
+{{- if or .Values.peering.enabled (gt (int .Values.replicas) 1) }}true{{ end }}
+{{- end }}
+
+{{- define "kubetune.peeringName" -}}
+{{- default (include "kubetune.fullname" .) .Values.peering.name }}
+{{- end }}
+
+{{- define "kubetune.serviceName" -}}
+{{- include "kubetune.fullname" . }}
+{{- end }}
+
+{{- define "kubetune.progressURL" -}}
+{{- if .Values.service.progressURL }}
+{{- .Values.service.progressURL }}
+{{- else }}
+{{- printf "http://%s.%s.svc:%d" (include "kubetune.serviceName" .) .Release.Namespace (int .Values.service.port) }}
+{{- end }}
+{{- end }}
+
+{{/* The rules the operator needs wherever FineTuneJobs live, derived from
+operator/kubetune/operator/kube.py (its only API calls) and kopf's watches. */}}
+{{- define "kubetune.namespacedRules" -}}
+# FineTuneJobs: read and watch (kopf), annotate, delete (ttl), status writes.
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs/status]
+  verbs: [patch]
+# Trainer workloads: batch Jobs (get, watch, create, resume by patching, delete).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch, delete]
+# Trainer and probe pods.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete, deletecollection]
+# Per-job children, created once and garbage-collected through owner references.
+- apiGroups: [""]
+  resources: [configmaps, services, persistentvolumeclaims]
+  verbs: [create]
+# Events on FineTuneJobs (kubectl describe).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
