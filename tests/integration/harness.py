@@ -121,19 +121,17 @@ def apply_job(api: client.ApiClient, namespace: str, doc: str | dict[str, Any]) 
     body = yaml.safe_load(doc) if isinstance(doc, str) else doc
     body.setdefault("apiVersion", f"{GROUP}/{VERSION}")
     body.setdefault("kind", "FineTuneJob")
-    return dict(
-        client.CustomObjectsApi(api).create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, body
-        )
-    )
+    created: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body
+    )  # type: ignore[assignment]
+    return created
 
 
 def get_job(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    return dict(
-        client.CustomObjectsApi(api).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name
-        )
-    )
+    body: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )  # type: ignore[assignment]
+    return body
 
 
 def wait_for(

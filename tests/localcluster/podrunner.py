@@ -39,6 +39,13 @@ log = logging.getLogger("localcluster.podrunner")
 
 POD_IP = "127.0.0.1"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+# The Docker reference grammar (distribution/reference), enough to refuse what a
+# kubelet refuses with InvalidImageName.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
 MAX_TERMINATION_MESSAGE = 4096
 
 
@@ -627,30 +634,49 @@ class PodWorker(threading.Thread):
         term = self.dir / f"{name}.termination-log"
         term.write_bytes(b"")
         rule = rule_for(c.get("image", ""), self.runner.image_rules)
-        try:
-            env = self._env(c)
-            argv, script = self._command(c, env, volumes, term)
-            args = self._argv(c, env, rule)
-        except Exception as e:
-            # A kubelet would keep the container waiting in CreateContainerConfigError and
-            # retry; we fail it at once so a broken pod spec shows up quickly in tests.
-            log.warning("%s/%s: %s", self.name, name, e)
+        image = c.get("image", "")
+        if not IMAGE_REFERENCE.match(image):
+            # What the kubelet reports for an unparsable reference; it never starts.
             statuses[name] = {
                 **_base_status(c, restarts),
                 "state": {
-                    "terminated": {
-                        "exitCode": 128,
-                        "reason": "CreateContainerConfigError",
-                        "message": str(e)[:1000],
-                        "startedAt": now(),
-                        "finishedAt": now(),
+                    "waiting": {
+                        "reason": "InvalidImageName",
+                        "message": f'Failed to apply default image tag "{image}":'
+                        f' couldn\'t parse image name "{image}": invalid reference format',
                     }
                 },
                 "ready": False,
                 "started": False,
             }
             self._report()
-            return 128
+            self.killed.wait()
+            return 137
+        while True:
+            try:
+                env = self._env(c)
+                argv, script = self._command(c, env, volumes, term)
+                args = self._argv(c, env, rule)
+                break
+            except Exception as e:
+                # As a kubelet does: the container waits in CreateContainerConfigError
+                # (e.g. a missing Secret or ConfigMap key) and is retried until the
+                # reference resolves or the pod is deleted.
+                log.warning("%s/%s: %s", self.name, name, e)
+                statuses[name] = {
+                    **_base_status(c, restarts),
+                    "state": {
+                        "waiting": {
+                            "reason": "CreateContainerConfigError",
+                            "message": str(e)[:1000],
+                        }
+                    },
+                    "ready": False,
+                    "started": False,
+                }
+                self._report()
+                if self.killed.wait(3.0):
+                    return 137
         cwd = self.dir / "rootfs-cwd"
         cwd.mkdir(exist_ok=True)
         with open(log_path, "ab") as logf:

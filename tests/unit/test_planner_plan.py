@@ -219,8 +219,8 @@ def test_warnings_from_the_field() -> None:
     assert any("overfitting" in w for w in rank.warnings)
     q = plan(spec(method="qlora"), a, [H100])
     assert any("numerical-precision" in w for w in q.warnings)
-    unknown = plan(spec(lora={"targetModules": ["c_attn"]}), a, [H100])
-    assert any("c_attn" in w for w in unknown.warnings)
+    with pytest.raises(PlanRefused, match="c_attn"):  # a typo, not a smaller adapter
+        plan(spec(lora={"targetModules": ["c_attn"]}), a, [H100])
 
 
 def test_plan_reports_its_arithmetic_and_round_trips() -> None:
@@ -246,3 +246,37 @@ def test_fixture_and_default_pools_plan() -> None:
 def test_no_pools_is_refused() -> None:
     with pytest.raises(PlanRefused, match="no GPU node pools"):
         plan(spec(), arch("llama-3.2-1b"), [])
+
+
+def test_unknown_lora_target_is_refused_with_the_known_names() -> None:
+    import yaml
+
+    from kubetune.api import FineTuneJob
+
+    job = FineTuneJob.model_validate(
+        yaml.safe_load(
+            """
+metadata: {name: x}
+spec:
+  model:
+    hf: {repo: a/b}
+    architecture: {numLayers: 32, hiddenSize: 4096, intermediateSize: 14336,
+                   numAttentionHeads: 32, numKeyValueHeads: 8, vocabSize: 128256}
+  dataset: {train: {pvc: {claimName: data}}}
+  method: lora
+  lora: {targetModules: [q_proj, attn_qkv_proj]}
+"""
+        )
+    )
+    pools = load_pools(FIXTURES / "pools.yaml")
+    with pytest.raises(PlanRefused, match=r"attn_qkv_proj match no linear layer.*q_proj"):
+        plan(job.spec, job.spec.model.architecture, pools)  # type: ignore[arg-type]
+
+
+def test_heads_must_divide_hidden_size() -> None:
+    from kubetune.api.spec import Architecture
+    from kubetune.planner import ArchitectureError
+    from kubetune.planner.architecture import from_spec
+
+    with pytest.raises(ArchitectureError, match="not divisible"):
+        from_spec(Architecture(numLayers=2, hiddenSize=100, numAttentionHeads=3, vocabSize=10))

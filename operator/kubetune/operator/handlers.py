@@ -188,6 +188,8 @@ def main() -> None:
         if os.environ.get("KUBETUNE_LOG_FORMAT", "json") == "json"
         else kopf.LogFormat.FULL,
     )
+    # kopf logs every successful event handler at INFO: one line per pod event.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     standalone = os.environ.get("KUBETUNE_PEERING", "") == ""
     kopf.run(
         clusterwide=not ours.namespaces,

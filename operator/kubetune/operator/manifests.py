@@ -6,6 +6,7 @@ reconciling twice builds the same objects and creation is idempotent by name.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
@@ -442,7 +443,6 @@ def model_probe(job: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> dict
     Hub, image) with the trainer's own credentials, and returns it as its termination
     message. The operator itself then needs no access to Secrets or storage."""
     env_creds, s3, gcs = _credentials(spec)
-    model_only = spec.model_copy(deep=True)
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if spec.model.pvc is not None:
@@ -467,7 +467,7 @@ def model_probe(job: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> dict
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": TRAINER_COMMAND,
-        "args": ["inspect-model", "--model", yaml.safe_dump(model_only.to_k8s(), width=1 << 16)],
+        "args": ["inspect-model", "--model", json.dumps(spec.model.to_k8s())],
         "env": [
             {"name": c.ENV_PVC_ROOT, "value": c.PVC_ROOT},
             {"name": "HOME", "value": "/tmp"},

@@ -14,6 +14,7 @@ import copy
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,8 @@ FINAL = ("Succeeded", "Failed")
 # Pods that will never start whatever we wait: configuration errors, not capacity.
 FATAL_STUCK = ("CreateContainerConfigError", "InvalidImageName", "ErrImageNeverPull")
 MAX_BACKOFF = 600.0
+# The scheduler's words for a claim that does not exist (not one that is still binding).
+MISSING_CLAIM = re.compile(r'persistentvolumeclaim "[^"]+" not found')
 
 
 def _now() -> datetime:
@@ -586,8 +589,7 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
 def _fatal(seen: Observation) -> bool:
     if seen.reason in FATAL_STUCK:
         return True
-    msg = seen.message.lower()
-    return seen.reason == "Unschedulable" and "persistentvolumeclaim" in msg and "not found" in msg
+    return seen.reason == "Unschedulable" and MISSING_CLAIM.search(seen.message) is not None
 
 
 def _fatal_reason(seen: Observation) -> str:

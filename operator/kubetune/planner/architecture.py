@@ -264,6 +264,16 @@ def from_spec(spec: Architecture, name: str = "model") -> Arch:
     """The spec's `architecture` override; with `parameters` alone the shape is guessed."""
     if spec.num_layers and spec.hidden_size and spec.vocab_size:
         heads = spec.num_attention_heads or max(1, spec.hidden_size // 128)
+        if spec.head_dim is None and spec.hidden_size % heads:
+            raise ArchitectureError(
+                f"hiddenSize {spec.hidden_size} is not divisible by numAttentionHeads {heads};"
+                " give headDim if the model really has such heads"
+            )
+        kv = spec.num_key_value_heads or heads
+        if heads % kv:
+            raise ArchitectureError(
+                f"numAttentionHeads {heads} is not a multiple of numKeyValueHeads {kv}"
+            )
         return Arch(
             num_layers=spec.num_layers,
             hidden_size=spec.hidden_size,

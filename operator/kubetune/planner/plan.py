@@ -59,6 +59,7 @@ def plan(
             alternatives,
         )
     methods: list[str] = auto_methods(dataset_size) if spec.method == "auto" else [spec.method]
+    _check_targets(spec, a, methods)
     reasons: list[str] = []
     if spec.method == "auto":
         reasons.append(_auto_reason(dataset_size))
@@ -83,6 +84,19 @@ def plan(
         ),
         alternatives,
     )
+
+
+def _check_targets(spec: FineTuneJobSpec, arch: Arch, methods: list[str]) -> None:
+    """LoRA target names that match no linear layer are a typo, not a smaller adapter."""
+    if spec.lora is None or not {"lora", "qlora"} & set(methods):
+        return
+    _, unknown = resolve_targets(arch, spec.lora.target_modules)
+    if unknown:
+        known = sorted({lin.name for lin in arch.linears()})
+        raise PlanRefused(
+            f"spec.lora.targetModules: {', '.join(unknown)} match no linear layer of this"
+            f" {arch.model_type} model (its linears: {', '.join(known)}, or all-linear)"
+        )
 
 
 def _model_name(spec: FineTuneJobSpec) -> str:
