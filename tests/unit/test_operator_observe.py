@@ -130,3 +130,40 @@ def test_merge_patch_only_changes_and_nulls_removed_keys() -> None:
     new = {"phase": "Running", "plan": {"method": "qlora", "pool": "a"}}
     assert merge_patch(old, new) == {"plan": {"method": "qlora"}, "x": None}
     assert merge_patch(new, new) == {}
+
+
+def test_termination_summary_becomes_a_valid_status() -> None:
+    from kubetune.api.status import FineTuneJobStatus
+    from kubetune.contract import TerminationSummary
+    from kubetune.operator.reconcile import _apply_summary
+
+    summary = TerminationSummary.model_validate(
+        {
+            "reason": "Completed",
+            "step": 120,
+            "totalSteps": 120,
+            "metrics": {"train_loss": 0.4, "tokens_per_second": 3600.0},
+            "evaluation": {
+                "baseline": {"loss": 5.2, "perplexity": 180.0, "exact_match": 0.0},
+                "final": {"loss": 0.01, "perplexity": 1.01, "exact_match": 1.0, "rouge_l": 1.0},
+                "forgetting": {
+                    "baseline_perplexity": 40.0,
+                    "tuned_perplexity": 41.0,
+                    "increase_percent": 2.5,
+                    "limit_percent": 3.0,
+                },
+                "passed": True,
+            },
+            "checkpoint": "/out/checkpoints/checkpoint-120",
+            "output": {"adapter": "/out/adapter", "loss_curve": "/out/loss.png"},
+            "data": {"raw": 400, "train": 300},
+        }
+    )
+    st: dict[str, object] = {}
+    _apply_summary(st, summary)
+    status = FineTuneJobStatus.model_validate(st)
+    assert status.evaluation is not None and status.evaluation.forgetting is not None
+    assert status.evaluation.forgetting.passed is True
+    assert status.evaluation.final is not None and status.evaluation.final.rouge_l == 1.0
+    assert status.output is not None and status.output.loss_curve == "/out/loss.png"
+    assert status.progress is not None and status.progress.percent == 100.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,7 +81,12 @@ async def schedule(namespace: str, name: str) -> None:
             except ApiException as exc:
                 metrics.API_ERRORS.inc()
                 log.warning(
-                    "reconcile %s/%s: API error %s %s", namespace, name, exc.status, exc.reason
+                    "reconcile %s/%s: API error %s %s: %s",
+                    namespace,
+                    name,
+                    exc.status,
+                    exc.reason,
+                    str(exc.body)[:500],
                 )
                 requeue = 5.0
             except Exception:
@@ -179,6 +185,13 @@ async def on_pod(namespace: str | None, labels: Mapping[str, str], **_: Any) -> 
         await schedule(namespace, labels[c.LABEL_JOB])
 
 
+def _priority() -> int:
+    """kopf peering pauses every peer when two share the highest priority, so replicas of
+    one Deployment (same env) each draw their own unless KUBETUNE_PRIORITY is set."""
+    given = os.environ.get("KUBETUNE_PRIORITY")
+    return int(given) if given else random.SystemRandom().randint(1, 1_000_000)
+
+
 def main() -> None:
     """`python -m kubetune.operator`: runs kopf with the settings from the environment."""
     ours = Settings.from_env()
@@ -196,6 +209,6 @@ def main() -> None:
         namespaces=ours.namespaces,
         standalone=standalone,
         peering_name=os.environ.get("KUBETUNE_PEERING") or None,
-        priority=int(os.environ.get("KUBETUNE_PRIORITY", "0")),
+        priority=_priority(),
         liveness_endpoint=os.environ.get("KUBETUNE_LIVENESS", "http://0.0.0.0:8080/healthz"),
     )

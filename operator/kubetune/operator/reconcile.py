@@ -637,7 +637,10 @@ def _apply_summary(st: dict[str, Any], summary: c.TerminationSummary, final: boo
             evaluation[key] = {_camel(k): v for k, v in val.items() if v is not None}
     forgetting = ev.get("forgetting")
     if isinstance(forgetting, dict) and forgetting:
-        evaluation["forgetting"] = {_camel(k): v for k, v in forgetting.items()}
+        f = {_camel(k): v for k, v in forgetting.items()}
+        if "passed" not in f and {"increasePercent", "limitPercent"} <= f.keys():
+            f["passed"] = f["increasePercent"] <= f["limitPercent"]
+        evaluation["forgetting"] = f
     if isinstance(ev.get("passed"), bool):
         evaluation["passed"] = ev["passed"]
     if evaluation:

@@ -1,0 +1,286 @@
+"""The operator end to end on the local control plane, with the pod runner running the
+real trainer on the tiny model: success, restarts from checkpoints, operator crashes,
+suspend/resume and deletion."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from kubetune import contract as c
+from tests.fixtures.demo_volume import write_demo_volume
+from tests.integration.harness import (
+    OperatorProcess,
+    apply_job,
+    condition,
+    get_job,
+    hostpath_claim,
+    phase_is,
+    wait_for,
+)
+from tests.localcluster.cluster import LocalCluster
+from tests.localcluster.kube import raw
+
+pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "examples/demo-lora.yaml"
+TRAINING_TIMEOUT = 420
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_volume(tmp_path_factory.mktemp("demo-volume"))
+
+
+@pytest.fixture
+def demo_claim(k8s: client.ApiClient, namespace: str, demo_files: Path) -> Path:
+    return hostpath_claim(k8s, namespace, "kubetune-demo", demo_files)
+
+
+def demo_job(name: str, **spec: Any) -> dict[str, Any]:
+    body = yaml.safe_load(DEMO.read_text())
+    body["metadata"]["name"] = name
+    body["spec"]["output"]["pvc"]["path"] = f"runs/{name}"
+    for key, value in spec.items():
+        if isinstance(value, dict) and isinstance(body["spec"].get(key), dict):
+            body["spec"][key] = {**body["spec"][key], **value}
+        else:
+            body["spec"][key] = value
+    return copy.deepcopy(body)
+
+
+def pods(api: client.ApiClient, namespace: str, job: str) -> list[dict[str, Any]]:
+    items = raw(
+        client.CoreV1Api(api).list_namespaced_pod, namespace, label_selector=f"{c.LABEL_JOB}={job}"
+    )["items"]
+    return list(items)
+
+
+def workloads(api: client.ApiClient, namespace: str, job: str) -> list[str]:
+    items = raw(
+        client.BatchV1Api(api).list_namespaced_job, namespace, label_selector=f"{c.LABEL_JOB}={job}"
+    )["items"]
+    return sorted(j["metadata"]["name"] for j in items)
+
+
+def resumed_step(report: Path) -> int:
+    """The step of the checkpoint the last attempt resumed from (0 when it did not)."""
+    resumed = json.loads(report.read_text()).get("resumedFrom") or ""
+    match = re.search(r"checkpoint-(\d+)", resumed)
+    return int(match.group(1)) if match else 0
+
+
+def progress_step(body: dict[str, Any]) -> int:
+    return int(((body.get("status") or {}).get("progress") or {}).get("step") or 0)
+
+
+def test_demo_example_succeeds_with_a_truthful_status(
+    operator: OperatorProcess,
+    local_cluster: LocalCluster,
+    k8s: client.ApiClient,
+    namespace: str,
+    demo_claim: Path,
+) -> None:
+    local_cluster.kubectl("apply", "-n", namespace, "-f", str(DEMO))
+    body = wait_for(
+        k8s,
+        namespace,
+        "demo-lora",
+        phase_is("Succeeded", "Failed"),
+        TRAINING_TIMEOUT,
+        "the job to finish",
+    )
+    st = body["status"]
+    assert st["phase"] == "Succeeded", st.get("message")
+    plan = st["plan"]
+    assert plan["method"] == "lora" and plan["totalGPUs"] == 1
+    assert plan["predictedPeakGiB"] > 0 and plan["breakdownGiB"] and plan["reasons"]
+    assert st["progress"]["step"] == st["progress"]["totalSteps"] > 0
+    assert st["checkpoints"]["latest"].startswith(c.PVC_ROOT)
+    ev = st["evaluation"]
+    assert ev["final"]["exactMatch"] >= ev["baseline"]["exactMatch"] + 0.2
+    assert ev["final"]["loss"] < ev["baseline"]["loss"]
+    assert "forgetting" in ev
+    out = st["output"]
+    adapter = out["adapter"].replace(f"{c.PVC_ROOT}/kubetune-demo", str(demo_claim))
+    assert (Path(adapter) / "adapter_config.json").is_file()
+    for cond in ("Valid", "Planned", "Launched", "Succeeded", "Ready"):
+        assert condition(body, cond)["status"] == "True", cond
+    assert st["observedGeneration"] == body["metadata"]["generation"]
+    row = local_cluster.kubectl("get", "ftj", "demo-lora", "-n", namespace).splitlines()[1]
+    cols = row.split()
+    assert cols[1:4] == ["Succeeded", "lora", "1"] and cols[4] == "100"
+    assert float(cols[5]) == pytest.approx(ev["final"]["loss"], rel=1e-3)
+    events = raw(client.CoreV1Api(k8s).list_namespaced_event, namespace)["items"]
+    reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "demo-lora"}
+    assert {"Planned", "Launched", "Completed"} <= reasons
+
+
+def test_killed_trainer_pod_resumes_from_its_checkpoint(
+    operator: OperatorProcess, k8s: client.ApiClient, namespace: str, demo_claim: Path
+) -> None:
+    apply_job(k8s, namespace, demo_job("killed", training={"epochs": 24}))
+    body = wait_for(
+        k8s,
+        namespace,
+        "killed",
+        lambda b: ((b.get("status") or {}).get("checkpoints") or {}).get("latestStep", 0) >= 20,
+        TRAINING_TIMEOUT,
+        "a checkpoint",
+    )
+    saved = body["status"]["checkpoints"]["latestStep"]
+    for pod in pods(k8s, namespace, "killed"):
+        raw(
+            client.CoreV1Api(k8s).delete_namespaced_pod,
+            pod["metadata"]["name"],
+            namespace,
+            grace_period_seconds=0,
+        )
+    body = wait_for(
+        k8s, namespace, "killed", lambda b: b["status"].get("attempt") == 2, 120, "a second attempt"
+    )
+    body = wait_for(
+        k8s,
+        namespace,
+        "killed",
+        phase_is("Succeeded", "Failed"),
+        TRAINING_TIMEOUT,
+        "the job to finish",
+    )
+    st = body["status"]
+    assert st["phase"] == "Succeeded", st.get("message")
+    assert st["restarts"] == 1 and st["attempt"] == 2
+    report = Path(st["output"]["report"].replace(f"{c.PVC_ROOT}/kubetune-demo", str(demo_claim)))
+    assert resumed_step(report) >= saved > 0
+
+
+def test_operator_killed_mid_run_adopts_and_finishes(
+    local_cluster: LocalCluster,
+    crd: None,
+    k8s: client.ApiClient,
+    namespace: str,
+    demo_claim: Path,
+    tmp_path: Path,
+) -> None:
+    # A private operator for this namespace only, so killing it leaves the others alone.
+    env = {"KUBETUNE_NAMESPACES": namespace}
+    first = OperatorProcess(local_cluster.kubeconfig, tmp_path / "op1.log", env).start()
+    apply_job(k8s, namespace, demo_job("crash"))
+    wait_for(k8s, namespace, "crash", phase_is("Running"), TRAINING_TIMEOUT, "Running")
+    first.kill()
+    second = OperatorProcess(local_cluster.kubeconfig, tmp_path / "op2.log", env).start()
+    try:
+        body = wait_for(
+            k8s,
+            namespace,
+            "crash",
+            phase_is("Succeeded", "Failed"),
+            TRAINING_TIMEOUT,
+            "the job to finish",
+        )
+    finally:
+        second.stop()
+    assert body["status"]["phase"] == "Succeeded", body["status"].get("message")
+    assert workloads(k8s, namespace, "crash") == ["crash-a1"]
+    assert body["status"]["restarts"] == 0
+
+
+def test_suspend_then_resume_continues_from_the_checkpoint(
+    operator: OperatorProcess, k8s: client.ApiClient, namespace: str, demo_claim: Path
+) -> None:
+    api = client.CustomObjectsApi(k8s)
+    apply_job(k8s, namespace, demo_job("pausable", training={"epochs": 24}))
+    wait_for(
+        k8s,
+        namespace,
+        "pausable",
+        lambda b: ((b.get("status") or {}).get("checkpoints") or {}).get("latestStep", 0) >= 20,
+        TRAINING_TIMEOUT,
+        "a checkpoint",
+    )
+    patch = {"spec": {"suspend": True}}
+    raw(
+        api.patch_namespaced_custom_object,
+        "kubetune.io",
+        "v1alpha1",
+        namespace,
+        "finetunejobs",
+        "pausable",
+        patch,
+    )
+    body = wait_for(k8s, namespace, "pausable", phase_is("Suspended"), 120, "Suspended")
+    assert condition(body, "Suspended")["status"] == "True"
+    deadline = time.monotonic() + 60
+    while pods(k8s, namespace, "pausable") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert pods(k8s, namespace, "pausable") == []
+    saved = get_job(k8s, namespace, "pausable")["status"]["checkpoints"]["latestStep"]
+    patch = {"spec": {"suspend": False}}
+    raw(
+        api.patch_namespaced_custom_object,
+        "kubetune.io",
+        "v1alpha1",
+        namespace,
+        "finetunejobs",
+        "pausable",
+        patch,
+    )
+    body = wait_for(
+        k8s,
+        namespace,
+        "pausable",
+        phase_is("Succeeded", "Failed"),
+        TRAINING_TIMEOUT,
+        "the job to finish",
+    )
+    st = body["status"]
+    assert st["phase"] == "Succeeded", st.get("message")
+    assert st["restarts"] == 0 and st["attempt"] == 2
+    report = Path(st["output"]["report"].replace(f"{c.PVC_ROOT}/kubetune-demo", str(demo_claim)))
+    assert resumed_step(report) >= saved > 0
+
+
+def test_delete_removes_children_and_keeps_user_claims(
+    operator: OperatorProcess, k8s: client.ApiClient, namespace: str, demo_claim: Path
+) -> None:
+    apply_job(k8s, namespace, demo_job("doomed", training={"epochs": 24}))
+    wait_for(k8s, namespace, "doomed", phase_is("Running"), TRAINING_TIMEOUT, "Running")
+    core, batch = client.CoreV1Api(k8s), client.BatchV1Api(k8s)
+    sel = f"{c.LABEL_JOB}=doomed"
+    assert raw(core.list_namespaced_config_map, namespace, label_selector=sel)["items"]
+    raw(
+        client.CustomObjectsApi(k8s).delete_namespaced_custom_object,
+        "kubetune.io",
+        "v1alpha1",
+        namespace,
+        "finetunejobs",
+        "doomed",
+    )
+    deadline = time.monotonic() + 90
+    left: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        left = {
+            "pods": len(raw(core.list_namespaced_pod, namespace, label_selector=sel)["items"]),
+            "jobs": len(raw(batch.list_namespaced_job, namespace, label_selector=sel)["items"]),
+            "services": len(
+                raw(core.list_namespaced_service, namespace, label_selector=sel)["items"]
+            ),
+            "configmaps": len(
+                raw(core.list_namespaced_config_map, namespace, label_selector=sel)["items"]
+            ),
+        }
+        if not any(left.values()):
+            break
+        time.sleep(1)
+    assert left == {"pods": 0, "jobs": 0, "services": 0, "configmaps": 0}
+    claims = raw(core.list_namespaced_persistent_volume_claim, namespace)["items"]
+    assert [p["metadata"]["name"] for p in claims] == ["kubetune-demo"]
+    assert (demo_claim / "tiny-llama" / "config.json").is_file()
