@@ -318,3 +318,13 @@ def test_overfitting_signal() -> None:
     found = evaluation.overfitting(history, window=2)
     assert found is not None and found["detected"] and found["sinceStep"] == 4
     assert evaluation.overfitting(history[:6], window=2) is None
+
+
+def test_exitcodes_module_reexports_the_contract() -> None:
+    """One source of truth: the data pipeline's exit codes are the operator's ExitCode."""
+    from kubetune_trainer import exitcodes
+    from kubetune_trainer.data.errors import EXIT_CODE
+
+    assert exitcodes.ExitCode is ExitCode
+    assert exitcodes.OK is ExitCode.OK and exitcodes.BAD_INPUT is ExitCode.BAD_INPUT
+    assert exitcodes.FAILURE is ExitCode.ERROR and EXIT_CODE == ExitCode.BAD_INPUT

@@ -65,6 +65,11 @@ def publish(staged: Path, root: Path) -> Path:
     if final.exists():  # re-saving the same step (e.g. after resume): replace it
         shutil.rmtree(final)
     staged.rename(final)
+    # Leave no staging folder behind once nothing is staged in it (TRL also drops its
+    # model card README.md into the output dir it saves to): a finished run's checkpoints
+    # folder holds only complete checkpoints.
+    if not any(child.is_dir() for child in staged.parent.iterdir()):
+        shutil.rmtree(staged.parent, ignore_errors=True)
     return final
 
 
