@@ -279,4 +279,4 @@ def test_heads_must_divide_hidden_size() -> None:
     from kubetune.planner.architecture import from_spec
 
     with pytest.raises(ArchitectureError, match="not divisible"):
-        from_spec(Architecture(numLayers=2, hiddenSize=100, numAttentionHeads=3, vocabSize=10))
+        from_spec(Architecture(num_layers=2, hidden_size=100, num_attention_heads=3, vocab_size=10))
