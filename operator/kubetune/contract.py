@@ -57,6 +57,7 @@ TOKEN_AUDIENCE = "kubetune"
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096  # the kubelet truncates at 4 KiB
 DEFAULT_MASTER_PORT = 29500
+PROGRESS_PATH = "/v1/progress"  # on the operator's progress port
 
 # --------------------------------------------------------------------------- image
 TRAINER_ENTRYPOINT = ("python", "-m", "kubetune_trainer")

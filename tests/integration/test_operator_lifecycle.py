@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -137,13 +139,12 @@ def test_killed_trainer_pod_resumes_from_its_checkpoint(
         "a checkpoint",
     )
     saved = body["status"]["checkpoints"]["latestStep"]
+    # SIGKILL the trainer's processes, as the OOM killer or a node crash would: the
+    # container exits 137, the pod fails, and the attempt fails as a whole.
     for pod in pods(k8s, namespace, "killed"):
-        raw(
-            client.CoreV1Api(k8s).delete_namespaced_pod,
-            pod["metadata"]["name"],
-            namespace,
-            grace_period_seconds=0,
-        )
+        for status in pod["status"].get("containerStatuses") or []:
+            pid = int(status["containerID"].removeprefix("localcluster://"))
+            os.killpg(pid, signal.SIGKILL)
     body = wait_for(
         k8s, namespace, "killed", lambda b: b["status"].get("attempt") == 2, 120, "a second attempt"
     )
@@ -284,3 +285,38 @@ def test_delete_removes_children_and_keeps_user_claims(
     claims = raw(core.list_namespaced_persistent_volume_claim, namespace)["items"]
     assert [p["metadata"]["name"] for p in claims] == ["kubetune-demo"]
     assert (demo_claim / "tiny-llama" / "config.json").is_file()
+
+
+def test_two_node_job_rendezvous_through_the_headless_service(
+    operator: OperatorProcess,
+    local_cluster: LocalCluster,
+    k8s: client.ApiClient,
+    namespace: str,
+    demo_claim: Path,
+) -> None:
+    # Two 1-GPU L4 nodes: one pod each, rank 0's address is its stable DNS name.
+    apply_job(k8s, namespace, demo_job("pair", resources={"gpuType": "L4", "minGPUs": 2}))
+    body = wait_for(
+        k8s,
+        namespace,
+        "pair",
+        phase_is("Succeeded", "Failed"),
+        TRAINING_TIMEOUT,
+        "the job to finish",
+    )
+    st = body["status"]
+    assert st["phase"] == "Succeeded", st.get("message")
+    assert (st["plan"]["nodes"], st["plan"]["gpusPerNode"]) == (2, 1)
+    job = raw(client.BatchV1Api(k8s).read_namespaced_job, "pair-a1", namespace)
+    assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 2)
+    trainers = [
+        p
+        for p in pods(k8s, namespace, "pair")
+        if p["metadata"]["labels"].get(c.LABEL_COMPONENT) == "trainer"
+    ]
+    assert sorted(p["status"]["phase"] for p in trainers) == ["Succeeded", "Succeeded"]
+    assert len({p["spec"]["nodeName"] for p in trainers}) == 2
+    env = {e["name"]: e.get("value") for e in trainers[0]["spec"]["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == f"pair-a1-0.pair.{namespace}.svc" and env["NNODES"] == "2"
+    ev = st["evaluation"]
+    assert ev["final"]["exactMatch"] >= ev["baseline"]["exactMatch"] + 0.2

@@ -154,7 +154,7 @@ def test_config_map_holds_a_valid_trainer_config() -> None:
     cfg = TrainerConfig.model_validate(yaml.safe_load(cm["data"][c.CONFIG_FILE]))
     assert cfg.job.attempt == 2 and cfg.plan.nodes == 2
     assert cfg.paths.output_dir == f"{c.PVC_ROOT}/out/runs/tiny"
-    assert cfg.progress.url == SETTINGS.progress_url
+    assert cfg.progress.url == "http://kubetune.kubetune-system.svc:8081/v1/progress"
 
 
 def test_secret_names_lists_every_reference() -> None:

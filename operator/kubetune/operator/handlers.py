@@ -15,6 +15,7 @@ import logging
 import os
 import random
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,8 @@ class Runtime:
     settings: Settings
     reconciler: Reconciler
     server: ProgressServer
-    semaphore: asyncio.Semaphore
+    executor: ThreadPoolExecutor
+    """Reconciles run here (the client is blocking); its size bounds concurrent work."""
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
     timers: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
@@ -76,8 +78,10 @@ async def schedule(namespace: str, name: str) -> None:
             rt.dirty.discard(key)
             requeue: float | None = None
             try:
-                async with rt.semaphore:
-                    requeue = await asyncio.to_thread(rt.reconciler.reconcile, namespace, name)
+                loop = asyncio.get_running_loop()
+                requeue = await loop.run_in_executor(
+                    rt.executor, rt.reconciler.reconcile, namespace, name
+                )
             except ApiException as exc:
                 metrics.API_ERRORS.inc()
                 log.warning(
@@ -143,7 +147,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings=ours,
         reconciler=Reconciler(kube, ours, store),
         server=server,
-        semaphore=asyncio.Semaphore(ours.max_concurrent_launches),
+        executor=ThreadPoolExecutor(ours.max_concurrent_launches, "reconcile"),
     )
 
 

@@ -57,12 +57,6 @@ class Kube:
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
 
-    def annotate(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
-        self.requests += 1
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": annotations}}
-        )
-
     def delete_job_resource(self, namespace: str, name: str) -> None:
         self.requests += 1
         try:
@@ -129,13 +123,6 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    def delete_pods(self, namespace: str, selector: str, grace_seconds: int | None) -> None:
-        """Deletes pods directly: the Job GC leaves them to the garbage collector's pace."""
-        self.requests += 1
-        self.core.delete_collection_namespaced_pod(
-            namespace, label_selector=selector, grace_period_seconds=grace_seconds
-        )
-
     def delete_pod(self, namespace: str, name: str) -> None:
         self.requests += 1
         try:
@@ -143,10 +130,6 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-
-    def resume_workload(self, namespace: str, name: str) -> None:
-        self.requests += 1
-        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": False}})
 
     def list_nodes(self) -> list[dict[str, Any]]:
         self.requests += 1

@@ -172,6 +172,13 @@ def secret_names(spec: FineTuneJobSpec) -> list[str]:
 
 
 # --------------------------------------------------------------------------- config
+def progress_endpoint(settings: Settings) -> str | None:
+    """The full URL trainer pods post progress to."""
+    if not settings.progress_url:
+        return None
+    return settings.progress_url.rstrip("/") + c.PROGRESS_PATH
+
+
 def trainer_config(
     job: JobMeta, spec: FineTuneJobSpec, plan: Plan, settings: Settings, attempt: int
 ) -> TrainerConfig:
@@ -181,7 +188,7 @@ def trainer_config(
         plan=plan,
         paths=RuntimePaths(pvc_root=c.PVC_ROOT, output_dir=output_dir(spec)),
         progress=ProgressTarget(
-            url=settings.progress_url,
+            url=progress_endpoint(settings),
             token_file=posixpath.join(c.TOKEN_DIR, c.TOKEN_FILE) if settings.progress_url else None,
             interval_seconds=settings.progress_interval_seconds,
         ),
@@ -267,7 +274,7 @@ def _env(job: JobMeta, plan: Plan, settings: Settings, attempt: int) -> list[dic
     ]
     if settings.progress_url:
         env += [
-            {"name": c.ENV_PROGRESS_URL, "value": settings.progress_url},
+            {"name": c.ENV_PROGRESS_URL, "value": progress_endpoint(settings)},
             {"name": c.ENV_PROGRESS_TOKEN, "value": posixpath.join(c.TOKEN_DIR, c.TOKEN_FILE)},
         ]
     return env

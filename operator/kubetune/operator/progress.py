@@ -74,7 +74,7 @@ class ProgressServer:
         self._tokens: dict[str, tuple[float, str, str | None]] = {}
         self.app = web.Application(client_max_size=64 * 1024)
         self.app.add_routes(
-            [web.post("/v1/progress", self.handle), web.get("/healthz", self.healthz)]
+            [web.post(c.PROGRESS_PATH, self.handle), web.get("/healthz", self.healthz)]
         )
         self._runner: web.AppRunner | None = None
 

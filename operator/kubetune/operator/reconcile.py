@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,7 @@ FINAL = ("Succeeded", "Failed")
 # Pods that will never start whatever we wait: configuration errors, not capacity.
 FATAL_STUCK = ("CreateContainerConfigError", "InvalidImageName", "ErrImageNeverPull")
 MAX_BACKOFF = 600.0
+POOL_CACHE_SECONDS = 10.0
 # The scheduler's words for a claim that does not exist (not one that is still binding).
 MISSING_CLAIM = re.compile(r'persistentvolumeclaim "[^"]+" not found')
 
@@ -137,6 +139,9 @@ class Reconciler:
         self.kube = kube
         self.settings = settings
         self.progress = progress
+        self.phases: dict[tuple[str, str], str] = {}
+        self._pool_cache: tuple[float, list[NodePool]] | None = None
+        self._phase_lock = threading.Lock()  # reconciles of different jobs run in threads
 
     # ------------------------------------------------------------------ entry point
     def reconcile(self, namespace: str, name: str) -> float | None:
@@ -145,6 +150,7 @@ class Reconciler:
         body = self.kube.get_job_resource(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.progress.forget(namespace, name)
+            self._count(namespace, name, None)
             return None
         ctx = Ctx(body=body, now=_now(), status=copy.deepcopy(body.get("status") or {}))
         try:
@@ -154,7 +160,28 @@ class Reconciler:
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - start)
         self._write(ctx)
+        self._count(namespace, name, ctx.status.get("phase"))
         return ctx.requeue
+
+    def _count(self, namespace: str, name: str, phase: str | None) -> None:
+        """Keeps the jobs-by-phase gauge equal to what this operator last saw."""
+        with self._phase_lock:
+            if phase is None:
+                self.phases.pop((namespace, name), None)
+            else:
+                self.phases[(namespace, name)] = phase
+            counts = list(self.phases.values())
+        for known in (
+            "Pending",
+            "Planning",
+            "Queued",
+            "Running",
+            "Evaluating",
+            "Succeeded",
+            "Failed",
+            "Suspended",
+        ):
+            metrics.JOBS.labels(known).set(counts.count(known))
 
     def _write(self, ctx: Ctx) -> None:
         meta = ctx.body["metadata"]
@@ -305,6 +332,16 @@ class Reconciler:
         return None
 
     def _pools(self) -> list[NodePool]:
+        """Configured plus discovered pools, cached briefly: planning and placement of one
+        launch (and bursts of launches) share one node LIST."""
+        now = time.monotonic()
+        if self._pool_cache is not None and now - self._pool_cache[0] < POOL_CACHE_SECONDS:
+            return self._pool_cache[1]
+        pools = self._read_pools()
+        self._pool_cache = (now, pools)
+        return pools
+
+    def _read_pools(self) -> list[NodePool]:
         configured = load_pools(self.settings.pools_file) if self.settings.pools_file else []
         discovered = discover_pools(self.kube.list_nodes()) if self.settings.discover_pools else []
         # Configured pools win: they carry costs and curated selectors.
@@ -362,6 +399,9 @@ class Reconciler:
             self._launch(ctx, spec, attempt + 1)
             return
         self._deadline(ctx, spec, wl_name)
+        if self._pending_retry(ctx, attempt) is not None:
+            self._retry(ctx, spec, attempt)
+            return
         job = self.kube.get_workload(meta.namespace, wl_name)
         pods = self.kube.list_pods(
             meta.namespace, f"{c.LABEL_JOB}={meta.name},{c.LABEL_ATTEMPT}={attempt}"
@@ -463,6 +503,8 @@ class Reconciler:
             exclude={"namespace", "name", "attempt", "checkpoint", "checkpoint_step", "phase"},
         )
         progress["updatedAt"] = _ts(ctx.now)
+        if "percent" in progress:  # shown by `kubectl get ftj`
+            progress["percent"] = round(progress["percent"], 1)
         ctx.status["progress"] = progress
         if report.checkpoint:
             ckpt = dict(ctx.status.get("checkpoints") or {})
@@ -506,34 +548,41 @@ class Reconciler:
                 "RetriesExhausted",
                 f"{seen.message}; gave up after {restarts} restart(s) (maxRestarts)",
             )
-        cond = get_condition(st.get("conditions", []), "Restarting")
-        first_seen = (
-            _parse_ts(cond.get("lastTransitionTime"))
-            if cond and cond.get("status") == "True" and cond.get("observedGeneration") == attempt
-            else None
+        # Remember the failure until the retry: the Job is gone from now on, and the
+        # next reconciles must wait out the backoff instead of relaunching this attempt.
+        st["conditions"] = set_condition(
+            st.get("conditions", []),
+            "Restarting",
+            True,
+            code.name,
+            seen.message,
+            attempt,
+            _ts(ctx.now),
         )
+        self._retry(ctx, spec, attempt)
+
+    def _pending_retry(self, ctx: Ctx, attempt: int) -> dict[str, Any] | None:
+        cond = get_condition(ctx.status.get("conditions", []), "Restarting")
+        if cond and cond.get("status") == "True" and cond.get("observedGeneration") == attempt:
+            return cond
+        return None
+
+    def _retry(self, ctx: Ctx, spec: FineTuneJobSpec, attempt: int) -> None:
+        """After the backoff, a new attempt resumes from the latest checkpoint."""
+        st = ctx.status
+        cond = self._pending_retry(ctx, attempt) or {}
+        message = str(cond.get("message", ""))
+        restarts = int(st.get("restarts") or 0)
         backoff = min(MAX_BACKOFF, self.settings.retry_backoff_seconds * math.pow(2, restarts))
-        if first_seen is None:
-            st["conditions"] = set_condition(
-                st.get("conditions", []),
-                "Restarting",
-                True,
-                seen.reason,
-                seen.message,
-                attempt,
-                _ts(ctx.now),
-            )
-            first_seen = ctx.now
-        left = (first_seen + timedelta(seconds=backoff) - ctx.now).total_seconds()
+        since = _parse_ts(cond.get("lastTransitionTime")) or ctx.now
+        left = (since + timedelta(seconds=backoff) - ctx.now).total_seconds()
         if left > 0:
-            ctx.condition("Running", False, "BackoffBeforeRetry", seen.message)
-            ctx.phase(
-                "Pending", "BackoffBeforeRetry", f"{seen.message}; retrying in {int(left) + 1} s"
-            )
+            ctx.condition("Running", False, "BackoffBeforeRetry", message)
+            ctx.phase("Pending", "BackoffBeforeRetry", f"{message}; retrying in {int(left) + 1} s")
             ctx.again(left)
             return
-        if code == ExitCode.OOM:
-            self._replan_after_oom(ctx, spec, seen)
+        if cond.get("reason") == ExitCode.OOM.name:
+            self._replan_after_oom(ctx, spec, message)
         st["restarts"] = restarts + 1
         metrics.RESTARTS.inc()
         st["conditions"] = [x for x in st.get("conditions", []) if x.get("type") != "Restarting"]
@@ -542,11 +591,11 @@ class Reconciler:
         ctx.event(
             "Warning",
             "Restarting",
-            f"attempt {attempt} failed ({seen.message}); attempt {attempt + 1} resumes {where}",
+            f"attempt {attempt} failed ({message}); attempt {attempt + 1} resumes {where}",
         )
         self._launch(ctx, spec, attempt + 1)
 
-    def _replan_after_oom(self, ctx: Ctx, spec: FineTuneJobSpec, seen: Observation) -> None:
+    def _replan_after_oom(self, ctx: Ctx, spec: FineTuneJobSpec, message: str) -> None:
         """Smaller micro-batch (same global batch), then checkpointing, then QLoRA (auto)."""
         old = Plan.model_validate(ctx.status["plan"])
         new = old.model_copy(deep=True)
@@ -561,11 +610,11 @@ class Reconciler:
             retry = spec.model_copy(update={"method": "qlora"})
             arch = self._arch_from_plan(ctx, spec)
             if arch is None:
-                self._fail(ctx, "OutOfMemory", f"{seen.message}; no smaller plan is possible")
+                self._fail(ctx, "OutOfMemory", f"{message}; no smaller plan is possible")
             new = plan(retry, arch, self._pools())
             change = "method lora → qlora"
         else:
-            self._fail(ctx, "OutOfMemory", f"{seen.message}; no smaller plan is possible")
+            self._fail(ctx, "OutOfMemory", f"{message}; no smaller plan is possible")
         new.reasons = [*new.reasons, f"re-planned after running out of memory: {change}"]
         ctx.status["plan"] = new.to_k8s()
         ctx.condition("Planned", True, "ReplannedAfterOOM", f"out of memory; {change}")
@@ -667,7 +716,7 @@ def _eval_message(ev: dict[str, Any]) -> str:
     forgetting = ev.get("forgetting") or {}
     if forgetting:
         parts.append(
-            f"forgetting +{forgetting.get('increasePercent', 0):.2f}%"
+            f"forgetting {forgetting.get('increasePercent', 0):+.2f}%"
             f" (limit {forgetting.get('limitPercent', 0):g}%)"
         )
     return ", ".join(parts)
