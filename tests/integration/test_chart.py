@@ -21,10 +21,10 @@ pytestmark = pytest.mark.timeout(300)
 
 # (verb, resource) the operator must be allowed wherever FineTuneJobs live.
 NAMESPACED_ALLOWED = [
-    *[(v, "finetunejobs.kubetune.io") for v in ("get", "list", "watch", "patch", "delete")],
+    *[(v, "finetunejobs.kubetune.io") for v in ("get", "list", "watch", "delete")],
     ("patch", "finetunejobs.kubetune.io/status"),
-    *[(v, "jobs.batch") for v in ("get", "list", "watch", "create", "patch", "delete")],
-    *[(v, "pods") for v in ("get", "list", "watch", "create", "delete", "deletecollection")],
+    *[(v, "jobs.batch") for v in ("get", "list", "watch", "create", "delete")],
+    *[(v, "pods") for v in ("get", "list", "watch", "create", "delete")],
     ("create", "configmaps"),
     ("create", "services"),
     ("create", "persistentvolumeclaims"),
@@ -45,6 +45,10 @@ NAMESPACED_DENIED = [
     ("get", "configmaps"),
     ("delete", "services"),
     ("update", "finetunejobs.kubetune.io"),
+    # Granted before the audit-log proof (test_rbac_e2e.py) showed nothing uses them.
+    ("patch", "finetunejobs.kubetune.io"),
+    ("patch", "jobs.batch"),
+    ("deletecollection", "pods"),
     ("create", "finetunejobs.kubetune.io"),
     ("update", "finetunejobs.kubetune.io/status"),
     ("patch", "pods"),
@@ -215,7 +219,8 @@ def test_namespaced_install_runs_the_operator_with_least_privilege(
         if peers or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert [p["priority"] for p in peers] == [0], peering
+    # One peer, with the random priority each replica draws (handlers._priority).
+    assert len(peers) == 1 and 1 <= peers[0]["priority"] <= 1_000_000, peering
 
     for verb, res in NAMESPACED_ALLOWED:
         assert can_i(local_cluster, operator, verb, res, jobs_namespace), (verb, res)

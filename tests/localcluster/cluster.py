@@ -37,6 +37,16 @@ from tests.localcluster.podrunner import read_logs
 MARKER = "KUBETUNE_LOCALCLUSTER"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 START_TIMEOUT = 120.0
+# `LocalCluster(audit=True)`: every request's metadata (user, verb, resource, namespace, name,
+# response code), never bodies; RequestReceived is dropped, each request is logged once
+# ResponseComplete (watches also at ResponseStarted).
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+"""
 
 
 def _free_ports(n: int) -> list[int]:
@@ -92,6 +102,8 @@ class LocalCluster:
 
     `detached=True` keeps the processes alive after this Python process exits (for
     `python -m tests.localcluster up`); otherwise they die with it even on a crash.
+    `audit=True` starts kube-apiserver with a Metadata-level audit log at :attr:`audit_log`
+    (JSON lines, one `audit.k8s.io/v1` Event per request).
     """
 
     def __init__(
@@ -101,12 +113,14 @@ class LocalCluster:
         cpu_nodes: int = 1,
         images: str | Path | None = None,
         detached: bool = False,
+        audit: bool = False,
     ) -> None:
         self.dir = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="kubetune-localcluster-"))
         self.pools = pools
         self.cpu_nodes = cpu_nodes
         self.images = images
         self.detached = detached
+        self.audit = audit
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.pids: dict[str, int] = {}
         self.bin_dir = Path()
@@ -119,6 +133,11 @@ class LocalCluster:
     @property
     def kubeconfig(self) -> Path:
         return self.dir / "kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        """The apiserver's audit log (written only when the cluster runs with `audit=True`)."""
+        return self.dir / "logs" / "audit.log"
 
     @property
     def server(self) -> str:
@@ -198,6 +217,15 @@ class LocalCluster:
         )
         self._wait("etcd", lambda: self._http_ok(f"http://127.0.0.1:{etcd_port}/health"), 30)
         cert, key = pki.pair("apiserver")
+        audit: list[str] = []
+        if self.audit:
+            (d / "audit-policy.yaml").write_text(AUDIT_POLICY)
+            audit = [
+                f"--audit-policy-file={d / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
+            ]
         self._spawn(
             "kube-apiserver",
             [
@@ -225,6 +253,7 @@ class LocalCluster:
                 f"--kubelet-client-key={pki.pair('apiserver-kubelet-client')[1]}",
                 "--allow-privileged=true",
                 "--profiling=false",
+                *audit,
                 "--v=0",
             ],
         )

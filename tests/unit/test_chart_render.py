@@ -46,12 +46,10 @@ def _rules(role: dict[str, Any]) -> set[tuple[str, str, str, tuple[str, ...]]]:
 
 # What the operator does in the namespaces it serves (operator/kubetune/operator/kube.py and
 # kopf's watches of the three resources it handles).
-NAMESPACED = {
-    ("kubetune.io", "finetunejobs", v) for v in ("get", "list", "watch", "patch", "delete")
-} | {
+NAMESPACED = {("kubetune.io", "finetunejobs", v) for v in ("get", "list", "watch", "delete")} | {
     ("kubetune.io", "finetunejobs/status", "patch"),
-    *{("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")},
-    *{("", "pods", v) for v in ("get", "list", "watch", "create", "delete", "deletecollection")},
+    *{("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")},
+    *{("", "pods", v) for v in ("get", "list", "watch", "create", "delete")},
     ("", "configmaps", "create"),
     ("", "services", "create"),
     ("", "persistentvolumeclaims", "create"),

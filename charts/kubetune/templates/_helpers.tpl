@@ -81,21 +81,22 @@ every namespace that runs jobs, and every namespace has `default`). */}}
 {{/* The rules the operator needs wherever FineTuneJobs live, derived from
 operator/kubetune/operator/kube.py (its only API calls) and kopf's watches. */}}
 {{- define "kubetune.namespacedRules" -}}
-# FineTuneJobs: read and watch (kopf), annotate, delete (ttl), status writes.
+# FineTuneJobs: read and watch (kopf's handlers are event handlers: it never patches the
+# object), delete (ttl), status writes.
 - apiGroups: [kubetune.io]
   resources: [finetunejobs]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [get, list, watch, delete]
 - apiGroups: [kubetune.io]
   resources: [finetunejobs/status]
   verbs: [patch]
-# Trainer workloads: batch Jobs (get, watch, create, resume by patching, delete).
+# Trainer workloads: batch Jobs (suspend, restarts and deadlines delete and relaunch them).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
-# Trainer and probe pods.
+  verbs: [get, list, watch, create, delete]
+# Trainer and probe pods (get: the progress endpoint checks a reporting pod's job label).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, delete, deletecollection]
+  verbs: [get, list, watch, create, delete]
 # Per-job children, created once and garbage-collected through owner references.
 - apiGroups: [""]
   resources: [configmaps, services, persistentvolumeclaims]

@@ -1,0 +1,255 @@
+"""`make demo`: the demo LoRA FineTuneJob on the local cluster, with the operator installed
+by `helm install` and run by the pod runner under the chart's ServiceAccount.
+
+    python -m tests.localcluster.demo up     # start (or reuse) everything, train, report
+    python -m tests.localcluster.demo down   # stop the cluster, remove the demo files
+
+`up` is idempotent: a running `demo` cluster is reused, the release is upgraded in place
+(keeping its ports), and an earlier demo job and its outputs are replaced by a fresh run.
+The demo's files live in `.demo/` in the clone (gitignored): `volume/` is the hostPath
+behind the `kubetune-demo` claim (model, data, and the run's outputs under `runs/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubetune import contract as c
+from tests.localcluster.__main__ import _running, cluster_dir
+from tests.localcluster.build import REPO_ROOT, ensure_helm
+from tests.localcluster.cluster import LocalCluster
+
+NAME = "demo"  # the local cluster's name (python -m tests.localcluster ... --name demo)
+RELEASE = "kubetune"
+OPERATOR_NS = "kubetune-system"
+JOB_NS = "default"
+JOB = "demo-lora"
+CLAIM = "kubetune-demo"
+DEMO_DIR = REPO_ROOT / ".demo"
+VOLUME = DEMO_DIR / "volume"
+EXAMPLE = REPO_ROOT / "examples" / "demo-lora.yaml"
+POOLS = REPO_ROOT / "tests" / "localcluster" / "pools.yaml"
+CHART = REPO_ROOT / "charts" / "kubetune"
+WATCH_TIMEOUT = 540
+
+_t0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"==> [{time.monotonic() - _t0:5.0f}s] {msg}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _helm(*args: str, check: bool = True, kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(DEMO_DIR / "helm" / "cache"),
+        "HELM_CONFIG_HOME": str(DEMO_DIR / "helm" / "config"),
+        "HELM_DATA_HOME": str(DEMO_DIR / "helm" / "data"),
+    }
+    r = subprocess.run(
+        [str(ensure_helm()), *args, "--kubeconfig", str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if check and r.returncode != 0:
+        raise SystemExit(f"helm {' '.join(args[:2])} failed:\n{r.stderr.strip()}")
+    return r
+
+
+def ensure_cluster() -> LocalCluster:
+    d = cluster_dir(NAME)
+    running = _running(d)
+    if running is not None:
+        say(f"reusing the local cluster {NAME!r} at {running.server}")
+        return running
+    if (d / "state.json").exists():  # a dead or half-started one: clear it first
+        LocalCluster.attach(d).stop()
+    shutil.rmtree(d, ignore_errors=True)
+    say(f"starting the local cluster {NAME!r} (etcd, kube-apiserver, controllers, fake GPUs)")
+    cluster = LocalCluster(dir=d, pools=POOLS, detached=True)
+    cluster.start()
+    say(f"local cluster up in {cluster.startup_seconds:.1f}s at {cluster.server}")
+    return cluster
+
+
+def install_chart(cluster: LocalCluster) -> None:
+    """`helm upgrade --install` the chart cluster-wide; reuses an earlier release's ports."""
+    kc = cluster.kubeconfig
+    ports: dict[str, Any] = {}
+    r = _helm("get", "values", RELEASE, "-n", OPERATOR_NS, "-o", "json", check=False, kubeconfig=kc)
+    if r.returncode == 0:
+        old = json.loads(r.stdout or "{}") or {}
+        if old.get("service", {}).get("port") and old.get("healthPort"):
+            ports = {"progress": old["service"]["port"], "health": old["healthPort"]}
+    ports_reused = bool(ports)
+    if not ports:
+        ports = {"progress": _free_port(), "health": _free_port()}
+    # The pod runner shares the host's network and has no Service DNS: trainer pods report
+    # to the operator pod's port on 127.0.0.1.
+    values = {
+        "image": {"repository": "kubetune-operator", "tag": "local"},
+        "nodePools": yaml.safe_load(POOLS.read_text())["pools"],
+        "healthPort": ports["health"],
+        "service": {
+            "port": ports["progress"],
+            "progressURL": f"http://127.0.0.1:{ports['progress']}",
+        },
+        "config": {"progressIntervalSeconds": 2, "logFormat": "full"},
+    }
+    DEMO_DIR.mkdir(exist_ok=True)
+    vf = DEMO_DIR / "values.yaml"
+    vf.write_text(yaml.safe_dump(values, sort_keys=False))
+    say(f"helm upgrade --install {RELEASE} charts/kubetune -n {OPERATOR_NS} -f {vf}")
+    _helm(
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        OPERATOR_NS,
+        "--create-namespace",
+        "-f",
+        str(vf),
+        "--wait",
+        "--timeout",
+        "180s",
+        kubeconfig=kc,
+    )
+    if ports_reused:  # a re-run: a fresh operator process, on this checkout's code
+        dep = f"deploy/{RELEASE}"
+        cluster.kubectl("rollout", "restart", dep, "-n", OPERATOR_NS)
+        cluster.kubectl("rollout", "status", dep, "-n", OPERATOR_NS, "--timeout=120s")
+    pod = cluster.kubectl(
+        "get",
+        "pods",
+        "-n",
+        OPERATOR_NS,
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE}",
+        "-o",
+        "name",
+    ).split()
+    say(f"operator running as {', '.join(pod)} under ServiceAccount {OPERATOR_NS}/{RELEASE}")
+
+
+def prepare_volume(cluster: LocalCluster) -> None:
+    """The demo files on a hostPath PV bound to the `kubetune-demo` claim; an earlier job and
+    its outputs are removed so the run starts from scratch."""
+    cluster.kubectl("delete", "finetunejob", JOB, "-n", JOB_NS, "--ignore-not-found", "--wait")
+    cluster.kubectl(
+        "delete", "jobs,pods", "-n", JOB_NS, "-l", f"{c.LABEL_JOB}={JOB}", "--ignore-not-found"
+    )
+    shutil.rmtree(VOLUME / "runs", ignore_errors=True)
+    say(f"writing the demo model and data to {VOLUME} (the tiny base model is cached)")
+    from tests.fixtures.demo_volume import write_demo_volume
+
+    write_demo_volume(VOLUME)
+    os.chmod(VOLUME, 0o777)
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": CLAIM},
+        "spec": {
+            "capacity": {"storage": "10Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "hostPath": {"path": str(VOLUME)},
+            "storageClassName": "manual",
+            "persistentVolumeReclaimPolicy": "Retain",
+            "claimRef": {"namespace": JOB_NS, "name": CLAIM},
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": CLAIM, "namespace": JOB_NS},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "resources": {"requests": {"storage": "10Gi"}},
+            "storageClassName": "manual",
+            "volumeName": CLAIM,
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([pv, pvc]))
+
+
+def run_job(cluster: LocalCluster) -> int:
+    say(f"kubectl apply -n {JOB_NS} -f examples/demo-lora.yaml")
+    cluster.kubectl("apply", "-n", JOB_NS, "-f", str(EXAMPLE))
+    say(f"kubetune status {JOB} -n {JOB_NS} --watch")
+    env = {**cluster.env(), "PYTHONUNBUFFERED": "1"}
+    kubetune = [sys.executable, "-m", "kubetune.cli.main"]
+    watch = [*kubetune, "status", JOB, "-n", JOB_NS, "--watch", "--interval", "2"]
+    rc = subprocess.run([*watch, "--timeout", str(WATCH_TIMEOUT)], env=env, check=False).returncode
+    body = json.loads(cluster.kubectl("get", "finetunejob", JOB, "-n", JOB_NS, "-o", "json"))
+    outputs = (body.get("status") or {}).get("output") or {}
+    prefix = f"{c.PVC_ROOT}/{CLAIM}"
+    if outputs:
+        print(f"\nOn this machine (the kubetune-demo claim is the hostPath {VOLUME}):")
+        for key, path in outputs.items():
+            if isinstance(path, str) and path.startswith(prefix):
+                print(f"  {key + ':':<12} {VOLUME}{path[len(prefix) :]}")
+    phase = (body.get("status") or {}).get("phase")
+    say(f"demo finished: {phase} (make demo-down removes the cluster and {DEMO_DIR})")
+    if rc == 0 and phase != "Succeeded":
+        rc = 1
+    if rc != 0:
+        print(
+            f"operator logs: kubectl logs -n {OPERATOR_NS} deploy/{RELEASE}; "
+            f'cluster: eval "$({sys.executable} -m tests.localcluster env --name {NAME})"',
+            file=sys.stderr,
+        )
+    return rc
+
+
+def up() -> int:
+    cluster = ensure_cluster()
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(CHART / "crds" / "finetunejob.yaml"),
+    )
+    install_chart(cluster)
+    prepare_volume(cluster)
+    return run_job(cluster)
+
+
+def down() -> int:
+    d = cluster_dir(NAME)
+    if (d / "state.json").exists():
+        LocalCluster.attach(d).stop()
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    print(f"demo cluster {NAME!r} stopped; removed {DEMO_DIR}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.localcluster.demo")
+    ap.add_argument("command", choices=["up", "down"])
+    args = ap.parse_args(argv)
+    return up() if args.command == "up" else down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
