@@ -305,15 +305,7 @@ def _volumes(
         mounts.append(
             {"name": f"pvc-{i}", "mountPath": posixpath.join(c.PVC_ROOT, claim), "readOnly": not rw}
         )
-    for i, secret in enumerate(gcs):
-        volumes.append({"name": f"gcs-{i}", "secret": {"secretName": secret}})
-        mounts.append(
-            {
-                "name": f"gcs-{i}",
-                "mountPath": posixpath.join(GCS_SECRET_ROOT, secret),
-                "readOnly": True,
-            }
-        )
+    _mount_gcs_secrets(gcs, volumes, mounts)
     if settings.progress_url:
         volumes.append(
             {
@@ -333,6 +325,21 @@ def _volumes(
         )
         mounts.append({"name": "kubetune-token", "mountPath": c.TOKEN_DIR, "readOnly": True})
     return volumes, mounts
+
+
+def _mount_gcs_secrets(
+    secrets: list[str], volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]
+) -> None:
+    """GCS service-account keys are files (GOOGLE_APPLICATION_CREDENTIALS), not env."""
+    for i, secret in enumerate(secrets):
+        volumes.append({"name": f"gcs-{i}", "secret": {"secretName": secret}})
+        mounts.append(
+            {
+                "name": f"gcs-{i}",
+                "mountPath": posixpath.join(GCS_SECRET_ROOT, secret),
+                "readOnly": True,
+            }
+        )
 
 
 def _tolerations(spec: FineTuneJobSpec, placement: Placement) -> list[dict[str, Any]]:
@@ -460,15 +467,7 @@ def model_probe(job: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> dict
         mounts.append(
             {"name": "model", "mountPath": posixpath.join(c.PVC_ROOT, claim), "readOnly": True}
         )
-    for i, secret in enumerate(gcs):
-        volumes.append({"name": f"gcs-{i}", "secret": {"secretName": secret}})
-        mounts.append(
-            {
-                "name": f"gcs-{i}",
-                "mountPath": posixpath.join(GCS_SECRET_ROOT, secret),
-                "readOnly": True,
-            }
-        )
+    _mount_gcs_secrets(gcs, volumes, mounts)
     container: dict[str, Any] = {
         "name": "probe",
         "image": spec.image or settings.trainer_image,

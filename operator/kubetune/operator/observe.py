@@ -74,7 +74,7 @@ def parse_summary(message: str | None) -> TerminationSummary | None:
         return None
 
 
-def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+def terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if term:
@@ -108,7 +108,7 @@ def _failure(pods: list[dict[str, Any]]) -> Observation | None:
     failed = []
     for pod in pods:
         status = pod.get("status") or {}
-        term = _terminated(pod)
+        term = terminated(pod)
         if status.get("phase") != "Failed" and not (term and term.get("exitCode", 0) != 0):
             continue
         if status.get("reason") == "Evicted":
@@ -160,7 +160,7 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Observati
 def _classify(job: dict[str, Any], pods: list[dict[str, Any]], running: int) -> Observation:
     if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
         rank0 = next((p for p in pods if _index(p) == 0), None)
-        summary = parse_summary((_terminated(rank0) or {}).get("message")) if rank0 else None
+        summary = parse_summary((terminated(rank0) or {}).get("message")) if rank0 else None
         return Observation("succeeded", "Completed", "training finished", ExitCode.OK, summary)
     failure = _failure(pods)
     if failure is not None:

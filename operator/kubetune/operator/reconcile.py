@@ -46,7 +46,7 @@ from kubetune.planner.architecture import from_spec
 from . import manifests, metrics, naming
 from .conditions import get_condition, set_condition, with_kstatus
 from .kube import Kube
-from .observe import Observation, observe, parse_summary
+from .observe import Observation, observe, parse_summary, terminated
 from .progress import ProgressStore
 from .settings import Settings
 from .statusdiff import merge_patch
@@ -305,7 +305,7 @@ class Reconciler:
             self.kube.create(probe)
             return None
         phase = (pod.get("status") or {}).get("phase")
-        term = _terminated(pod)
+        term = terminated(pod)
         if phase == "Succeeded" and term is not None:
             self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             try:
@@ -627,14 +627,6 @@ class Reconciler:
 
 
 # ---------------------------------------------------------------------- helpers
-def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
-        if term:
-            return dict(term)
-    return None
-
-
 def _fatal(seen: Observation) -> bool:
     if seen.reason in FATAL_STUCK:
         return True
