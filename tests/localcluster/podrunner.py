@@ -39,6 +39,7 @@ log = logging.getLogger("localcluster.podrunner")
 
 POD_IP = "127.0.0.1"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The Docker reference grammar (distribution/reference), enough to refuse what a
 # kubelet refuses with InvalidImageName.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -765,6 +766,12 @@ class PodWorker(threading.Thread):
         tpath = c.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
         mounts.append((tpath, term, False))
         mounts.append(("/etc/hosts", self.runner.hosts_file, True))
+        # The "image" is this checkout and its virtualenv: keep them visible even when the
+        # pod mounts a volume over a parent (a clone under /tmp, with an emptyDir at /tmp).
+        for host in (PROJECT_ROOT, Path(sys.prefix)):
+            if not any(host.is_relative_to(Path(t)) for t, _, _ in mounts):
+                continue
+            mounts.append((str(host), host, True))
         if not self.runner.use_namespaces:
             # Path-mapping fallback: nothing is mounted; a process finds volumes through
             # LOCALCLUSTER_MOUNTS (JSON mountPath -> local dir). See docs/testing.md.
