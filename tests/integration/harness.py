@@ -96,10 +96,18 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def crd(local_cluster: LocalCluster) -> None:
+    """The generated CRD, installed and Established (polled: `kubectl wait` fails at once
+    while the CRD has no conditions yet)."""
     local_cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds/finetunejob.yaml"))
-    local_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=30s"
-    )
+    ext = client.ApiextensionsV1Api(local_cluster.api_client())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        crd = raw(ext.read_custom_resource_definition, "finetunejobs.kubetune.io")
+        conds = (crd.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conds):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the FineTuneJob CRD did not become Established in 30 s")
 
 
 @pytest.fixture(scope="session")

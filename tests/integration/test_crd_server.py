@@ -39,14 +39,6 @@ SERVER_CATCHES = [
 ]
 
 
-@pytest.fixture
-def crd(local_cluster: LocalCluster) -> None:
-    local_cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds/finetunejob.yaml"))
-    local_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=30s"
-    )
-
-
 def _doc(path: Path) -> dict[str, Any]:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "FineTuneJob"]
     return dict(docs[-1])

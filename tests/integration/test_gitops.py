@@ -17,14 +17,6 @@ CRD = ROOT / "crds/finetunejob.yaml"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
-@pytest.fixture
-def crd(local_cluster: LocalCluster) -> None:
-    local_cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    local_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=30s"
-    )
-
-
 def _apply(cluster: LocalCluster, path: Path, ns: str, manager: str) -> list[dict[str, Any]]:
     out = cluster.kubectl(
         "apply",
