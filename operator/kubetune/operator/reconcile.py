@@ -191,6 +191,23 @@ class Reconciler:
             self.kube.patch_status(meta["namespace"], meta["name"], patch)
             if old.get("phase") != ctx.status.get("phase"):
                 metrics.TRANSITIONS.labels(ctx.status.get("phase", "")).inc()
+                # kopf's JSON log format puts `k8s_ref` under "object" on every line.
+                ref = {
+                    "apiVersion": "kubetune.io/v1alpha1",
+                    "kind": "FineTuneJob",
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta.get("uid"),
+                }
+                log.info(
+                    "%s/%s: %s -> %s: %s",
+                    meta["namespace"],
+                    meta["name"],
+                    old.get("phase") or "-",
+                    ctx.status.get("phase"),
+                    ctx.status.get("message", ""),
+                    extra={"k8s_ref": ref},
+                )
         # Events only once the status that explains them is stored (JobSet's lesson).
         for kind, reason, message in ctx.events:
             self.kube.event(ctx.body, kind, reason, message)
@@ -667,7 +684,8 @@ def _apply_summary(st: dict[str, Any], summary: c.TerminationSummary, final: boo
         ("tokens_per_second", "tokensPerSecond"),
         ("peak_memory_gib", "peakMemoryGiB"),
     ):
-        if key in summary.metrics:
+        # The live figures win: train_loss is the mean over the run, not the last loss.
+        if key in summary.metrics and target not in progress:
             progress[target] = summary.metrics[key]
     st["progress"] = progress
     ev = summary.evaluation
