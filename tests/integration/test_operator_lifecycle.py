@@ -73,6 +73,16 @@ def workloads(api: client.ApiClient, namespace: str, job: str) -> list[str]:
     return sorted(j["metadata"]["name"] for j in items)
 
 
+def finished(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    """Waits for the job to end and returns its status, which must say Succeeded."""
+    body = wait_for(
+        api, namespace, name, phase_is("Succeeded", "Failed"), TRAINING_TIMEOUT, "the job to finish"
+    )
+    st: dict[str, Any] = body["status"]
+    assert st["phase"] == "Succeeded", st.get("message")
+    return st
+
+
 def resumed_step(report: Path) -> int:
     """The step of the checkpoint the last attempt resumed from (0 when it did not)."""
     resumed = json.loads(report.read_text()).get("resumedFrom") or ""
@@ -148,16 +158,7 @@ def test_killed_trainer_pod_resumes_from_its_checkpoint(
     body = wait_for(
         k8s, namespace, "killed", lambda b: b["status"].get("attempt") == 2, 120, "a second attempt"
     )
-    body = wait_for(
-        k8s,
-        namespace,
-        "killed",
-        phase_is("Succeeded", "Failed"),
-        TRAINING_TIMEOUT,
-        "the job to finish",
-    )
-    st = body["status"]
-    assert st["phase"] == "Succeeded", st.get("message")
+    st = finished(k8s, namespace, "killed")
     assert st["restarts"] == 1 and st["attempt"] == 2
     report = Path(st["output"]["report"].replace(f"{c.PVC_ROOT}/kubetune-demo", str(demo_claim)))
     assert resumed_step(report) >= saved > 0
@@ -234,16 +235,7 @@ def test_suspend_then_resume_continues_from_the_checkpoint(
         "pausable",
         patch,
     )
-    body = wait_for(
-        k8s,
-        namespace,
-        "pausable",
-        phase_is("Succeeded", "Failed"),
-        TRAINING_TIMEOUT,
-        "the job to finish",
-    )
-    st = body["status"]
-    assert st["phase"] == "Succeeded", st.get("message")
+    st = finished(k8s, namespace, "pausable")
     assert st["restarts"] == 0 and st["attempt"] == 2
     report = Path(st["output"]["report"].replace(f"{c.PVC_ROOT}/kubetune-demo", str(demo_claim)))
     assert resumed_step(report) >= saved > 0
@@ -296,16 +288,7 @@ def test_two_node_job_rendezvous_through_the_headless_service(
 ) -> None:
     # Two 1-GPU L4 nodes: one pod each, rank 0's address is its stable DNS name.
     apply_job(k8s, namespace, demo_job("pair", resources={"gpuType": "L4", "minGPUs": 2}))
-    body = wait_for(
-        k8s,
-        namespace,
-        "pair",
-        phase_is("Succeeded", "Failed"),
-        TRAINING_TIMEOUT,
-        "the job to finish",
-    )
-    st = body["status"]
-    assert st["phase"] == "Succeeded", st.get("message")
+    st = finished(k8s, namespace, "pair")
     assert (st["plan"]["nodes"], st["plan"]["gpusPerNode"]) == (2, 1)
     job = raw(client.BatchV1Api(k8s).read_namespaced_job, "pair-a1", namespace)
     assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 2)

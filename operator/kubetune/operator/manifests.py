@@ -365,6 +365,36 @@ RESTRICTED_CONTAINER_SECURITY: dict[str, Any] = {
 }
 
 
+def _trainer_image_container(
+    name: str,
+    args: list[str],
+    env: list[dict[str, Any]],
+    resources: dict[str, Any],
+    mounts: list[dict[str, Any]],
+    spec: FineTuneJobSpec,
+    settings: Settings,
+    s3_secrets: list[str],
+) -> dict[str, Any]:
+    """A container of the trainer image under the restricted profile; the trainer's
+    JSON summary (or, failing that, its last log lines) is the termination message."""
+    container: dict[str, Any] = {
+        "name": name,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": TRAINER_COMMAND,
+        "args": args,
+        "env": env,
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "terminationMessagePath": c.TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if s3_secrets:
+        container["envFrom"] = [{"secretRef": {"name": n}} for n in s3_secrets]
+    return container
+
+
 def trainer_job(
     job: JobMeta,
     spec: FineTuneJobSpec,
@@ -389,22 +419,17 @@ def trainer_job(
     if spec.resources.memory:
         resources["requests"]["memory"] = spec.resources.memory
         resources["limits"]["memory"] = spec.resources.memory
-    container: dict[str, Any] = {
-        "name": TRAINER_CONTAINER,
-        "image": spec.image or settings.trainer_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": TRAINER_COMMAND,
-        "args": ["launch", "--config", posixpath.join(c.CONFIG_DIR, c.CONFIG_FILE)],
-        "env": _env(job, plan, settings, attempt) + env_creds,
-        "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
-        "resources": {k: v for k, v in resources.items() if v},
-        "volumeMounts": mounts,
-        "securityContext": RESTRICTED_CONTAINER_SECURITY,
-        "terminationMessagePath": c.TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    if s3:
-        container["envFrom"] = [{"secretRef": {"name": name}} for name in s3]
+    container = _trainer_image_container(
+        TRAINER_CONTAINER,
+        ["launch", "--config", posixpath.join(c.CONFIG_DIR, c.CONFIG_FILE)],
+        _env(job, plan, settings, attempt) + env_creds,
+        {k: v for k, v in resources.items() if v},
+        mounts,
+        spec,
+        settings,
+        s3,
+    )
+    container["ports"] = [{"name": "rendezvous", "containerPort": settings.master_port}]
     pod_spec: dict[str, Any] = {
         "subdomain": naming.service_name(job.name),
         "restartPolicy": "Never",
@@ -468,26 +493,21 @@ def model_probe(job: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> dict
             {"name": "model", "mountPath": posixpath.join(c.PVC_ROOT, claim), "readOnly": True}
         )
     _mount_gcs_secrets(gcs, volumes, mounts)
-    container: dict[str, Any] = {
-        "name": "probe",
-        "image": spec.image or settings.trainer_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": TRAINER_COMMAND,
-        "args": ["inspect-model", "--model", json.dumps(spec.model.to_k8s())],
-        "env": [
+    container = _trainer_image_container(
+        "probe",
+        ["inspect-model", "--model", json.dumps(spec.model.to_k8s())],
+        [
             {"name": c.ENV_PVC_ROOT, "value": c.PVC_ROOT},
             {"name": "HOME", "value": "/tmp"},
             {"name": "HF_HOME", "value": posixpath.join(c.SCRATCH_DIR, "hf")},
             *env_creds,
         ],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-        "volumeMounts": mounts,
-        "securityContext": RESTRICTED_CONTAINER_SECURITY,
-        "terminationMessagePath": c.TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    if s3:
-        container["envFrom"] = [{"secretRef": {"name": name}} for name in s3]
+        {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        mounts,
+        spec,
+        settings,
+        s3,
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
