@@ -381,6 +381,13 @@ class RssSampler(threading.Thread):
 
 
 # ---------------------------------------------------------------------- the run
+def _established(cluster: LocalCluster) -> bool:
+    ext = client.ApiextensionsV1Api(cluster.api_client())
+    crd = ext.read_custom_resource_definition("finetunejobs.kubetune.io")
+    conds = (crd.status.conditions if crd.status else None) or []
+    return any(c.type == "Established" and c.status == "True" for c in conds)
+
+
 def run(
     jobs: int = 200,
     max_concurrent_launches: int = 10,
@@ -408,12 +415,8 @@ def run(
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds/finetunejob.yaml"))
         deadline = time.monotonic() + 60
         # `kubectl wait` fails instead of waiting while the CRD has no conditions yet.
-        while not cluster.kubectl(
-            "get",
-            "crd/finetunejobs.kubetune.io",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type=='Established')].status}",
-        ).startswith("True"):
+        # (and its jsonpath filter errors while `conditions` is still null): read it directly.
+        while not _established(cluster):
             if time.monotonic() > deadline:
                 raise RuntimeError("the FineTuneJob CRD did not become Established")
             time.sleep(0.2)
