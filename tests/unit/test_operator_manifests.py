@@ -157,10 +157,6 @@ def test_config_map_holds_a_valid_trainer_config() -> None:
     assert cfg.progress.url == "http://kubetune.kubetune-system.svc:8081/v1/progress"
 
 
-def test_secret_names_lists_every_reference() -> None:
-    assert manifests.secret_names(spec()) == ["aws", "hf"]
-
-
 def test_probe_pod_reads_only_the_model() -> None:
     pod = manifests.model_probe(JOB, spec(), SETTINGS)
     container = pod["spec"]["containers"][0]

@@ -164,13 +164,6 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def secret_names(spec: FineTuneJobSpec) -> list[str]:
-    """Every Secret the trainer pods reference (checked before launch)."""
-    env, s3, gcs = _credentials(spec)
-    names = [e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e]
-    return sorted({*names, *s3, *gcs})
-
-
 # --------------------------------------------------------------------------- config
 def progress_endpoint(settings: Settings) -> str | None:
     """The full URL trainer pods post progress to."""

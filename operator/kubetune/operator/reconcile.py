@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
-import yaml
 from pydantic import ValidationError
 
 from kubetune import contract as c
@@ -41,7 +40,7 @@ from kubetune.planner import (
     merge_pools,
     plan,
 )
-from kubetune.planner.architecture import from_spec
+from kubetune.planner.architecture import from_spec, rough_arch
 
 from . import manifests, metrics, naming
 from .conditions import get_condition, set_condition, with_kstatus
@@ -160,7 +159,11 @@ class Reconciler:
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - start)
         self._write(ctx)
-        self._count(namespace, name, ctx.status.get("phase"))
+        phase = ctx.status.get("phase")
+        self._count(namespace, name, phase)
+        if ctx.requeue is None and phase not in FINAL and phase != "Suspended":
+            # Watches can miss events; an active job is looked at again at least this often.
+            return self.settings.resync_seconds
         return ctx.requeue
 
     def _count(self, namespace: str, name: str, phase: str | None) -> None:
@@ -625,10 +628,17 @@ class Reconciler:
             change = "gradient checkpointing on"
         elif spec.method == "auto" and old.method == "lora":
             retry = spec.model_copy(update={"method": "qlora"})
-            arch = self._arch_from_plan(ctx, spec)
-            if arch is None:
-                self._fail(ctx, "OutOfMemory", f"{message}; no smaller plan is possible")
-            new = plan(retry, arch, self._pools())
+            # The probed config.json is not kept; the plan's parameter count is enough
+            # for a QLoRA re-plan when the spec gives no architecture.
+            arch = (
+                from_spec(spec.model.architecture)
+                if spec.model.architecture is not None
+                else rough_arch(old.parameters)
+            )
+            try:
+                new = plan(retry, arch, self._pools())
+            except PlanRefused as exc:
+                self._fail(ctx, "OutOfMemory", f"{message}; QLoRA does not fit either: {exc}")
             change = "method lora → qlora"
         else:
             self._fail(ctx, "OutOfMemory", f"{message}; no smaller plan is possible")
@@ -636,11 +646,6 @@ class Reconciler:
         ctx.status["plan"] = new.to_k8s()
         ctx.condition("Planned", True, "ReplannedAfterOOM", f"out of memory; {change}")
         ctx.event("Warning", "ReplannedAfterOOM", f"out of memory; {change}")
-
-    def _arch_from_plan(self, ctx: Ctx, spec: FineTuneJobSpec) -> Arch | None:
-        if spec.model.architecture is not None:
-            return from_spec(spec.model.architecture)
-        return None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -741,7 +746,3 @@ def _success_message(st: dict[str, Any]) -> str:
     if out:
         msg += f"; output in {out}"
     return msg
-
-
-def dump_plan(plan_: Plan) -> str:
-    return yaml.safe_dump(plan_.to_k8s(), sort_keys=False)
