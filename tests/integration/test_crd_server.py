@@ -36,6 +36,7 @@ SERVER_CATCHES = [
     "27-steps-without-every",
     "28-lora-rank-zero",
     "34-architecture-incomplete",
+    "35-merge-prompt-tuning",
 ]
 
 

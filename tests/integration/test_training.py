@@ -1,11 +1,16 @@
 """Real training on the CPU: a tiny pre-trained Llama learns a chat-format task.
 
-The base (`tests.fixtures.tiny_model.cached_tiny_base`, built once and cached) knows every
-item's code and can answer the questions in prose, but not in the chat format: its exact
-match on the held-out test rows is 0. Every method must beat that by a wide margin; the
-launcher's two-process (gloo) run must behave like one process; a SIGKILLed run must
-resume from its last complete checkpoint; corrupted data must exit BAD_INPUT naming file
-and line. Sizes keep each test within about 30 s on two shared cores.
+The `prose` base (`tests.fixtures.tiny_model.cached_tiny_base`, built once and cached)
+knows every item's code and can answer the questions in prose, but not in the chat
+format: its exact match on the held-out test rows is 0. Full, LoRA and QLoRA must teach it
+the task in chat. Prompt tuning, prefix tuning and IA3 only steer what a frozen base
+already does (on a 2-layer model they learn the format but not the lookup), so they run
+on the `chat` base, which answers in chat with a sentence ("GH-2 is the code.", exact
+match 0) and must learn to give the bare code. Every method must beat its baseline by a
+wide margin; the launcher's two-process (gloo) run must behave like one process; a
+SIGKILLed run must resume from its last complete checkpoint; corrupted data must exit
+BAD_INPUT naming file and line. Sizes keep each test within about 30 s on two shared
+cores.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from kubetune.contract import ExitCode, TerminationSummary
 from kubetune_trainer import checkpoints
 from kubetune_trainer.config import dump_config
 from kubetune_trainer.testing import make_config, make_plan
-from tests.fixtures.tiny_model import cached_tiny_base, make_instruction_rows
+from tests.fixtures.tiny_model import BaseVariant, cached_tiny_base, make_instruction_rows
 
 pytestmark = pytest.mark.trainer
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +40,22 @@ LORA = {"lora": {"r": 16, "alpha": 32, "dropout": 0.0}}
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The cached pre-trained base and 400 task rows (of 512 item x phrasing pairs): the
-    held-out test rows ask about items under phrasings the fine-tune never saw."""
-    data = tmp_path_factory.mktemp("data") / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in make_instruction_rows(400, seed=1)))
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 task rows (of 512 item x phrasing pairs): the held-out test rows ask about items
+    under phrasings the fine-tune never saw."""
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in make_instruction_rows(400, seed=1)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(data: Path) -> dict[str, Path]:
+    """The cached `prose` base and the task rows."""
     return {"model": cached_tiny_base(), "data": data}
+
+
+def base_for(variant: BaseVariant, data: Path) -> dict[str, Path]:
+    return {"model": cached_tiny_base(variant=variant), "data": data}
 
 
 def job(
@@ -105,38 +120,43 @@ def run_trainer(
 
 
 METHODS = [
-    # method, learning rate, epochs, spec extras (plans: micro-batch 16, one process)
-    pytest.param("full", 3e-3, 4, {}, id="full"),
-    pytest.param("lora", 3e-3, 4, LORA, id="lora"),
-    pytest.param("qlora", 3e-3, 4, LORA, id="qlora"),
+    # base, method, learning rate, epochs, spec extras (plans: micro-batch 16, one process)
+    pytest.param("prose", "full", 3e-3, 4, {}, id="full"),
+    pytest.param("prose", "lora", 3e-3, 4, LORA, id="lora"),
+    pytest.param("prose", "qlora", 3e-3, 4, LORA, id="qlora"),
     pytest.param(
+        "chat",
         "prompt-tuning",
         3e-1,
-        4,
+        6,
         {"promptTuning": {"numVirtualTokens": 16}},
         id="prompt-tuning",
-        marks=pytest.mark.xfail(
-            reason="a soft prompt on the frozen 2-layer base learns the answer format but not"
-            " the item lookup in the chat position (EM <= 0.05 after 60 epochs); see"
-            " docs/trainer.md, Tests",
-            strict=False,
-        ),
     ),
+    pytest.param(
+        "chat",
+        "prefix-tuning",
+        3e-2,
+        4,
+        {"promptTuning": {"numVirtualTokens": 16}},
+        id="prefix-tuning",
+    ),
+    pytest.param("chat", "ia3", 3e-2, 4, {}, id="ia3"),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "lr", "epochs", "extra"), METHODS)
+@pytest.mark.parametrize(("variant", "method", "lr", "epochs", "extra"), METHODS)
 def test_method_beats_baseline(
-    base: dict[str, Path],
+    data: Path,
     tmp_path: Path,
+    variant: BaseVariant,
     method: str,
     lr: float,
     epochs: int,
     extra: dict[str, Any],
 ) -> None:
     plan = make_plan(method, learningRate=lr, microBatchSize=16)
-    cfg = make_config(job(base, method, epochs, extra), plan, tmp_path / "out")
+    cfg = make_config(job(base_for(variant, data), method, epochs, extra), plan, tmp_path / "out")
     code, summary = run_trainer(dump_config(cfg, tmp_path / "cfg.json"), tmp_path)
     assert code == 0, summary
     assert summary is not None and summary.reason == "Completed"

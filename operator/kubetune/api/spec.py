@@ -462,6 +462,15 @@ class OutputSpec(ApiModel):
         return self
 
 
+VIRTUAL_TOKEN_METHODS = ("prompt-tuning", "prefix-tuning")
+MERGE_VIRTUAL_TOKENS = (
+    "output.mergeAdapter needs an adapter that merges into the weights (lora, qlora, ia3):"
+    " prompt-tuning and prefix-tuning add virtual tokens, which have no merged form"
+)
+"""Refused up front: PEFT's merge_and_unload only exists for weight adapters, and finding
+out after training would fail the job at its very end."""
+
+
 class FineTuneJobSpec(ApiModel):
     """What to fine-tune, on what, how, and where the result goes."""
 
@@ -519,6 +528,12 @@ class FineTuneJobSpec(ApiModel):
             "message": "promptTuning settings need method prompt-tuning or prefix-tuning",
             "fieldPath": ".promptTuning",
         },
+        {
+            "rule": "!has(self.output) || !has(self.output.mergeAdapter)"
+            " || !self.output.mergeAdapter || !(self.method in ['prompt-tuning', 'prefix-tuning'])",
+            "message": MERGE_VIRTUAL_TOKENS,
+            "fieldPath": ".output.mergeAdapter",
+        },
     )
 
     @model_validator(mode="after")
@@ -535,6 +550,8 @@ class FineTuneJobSpec(ApiModel):
                 "promptTuning settings need method prompt-tuning or prefix-tuning, "
                 f"got {self.method}"
             )
+        if self.output and self.output.merge_adapter and self.method in VIRTUAL_TOKEN_METHODS:
+            raise ValueError(f"{MERGE_VIRTUAL_TOKENS}, got {self.method}")
         return self
 
 
