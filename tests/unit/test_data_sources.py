@@ -89,6 +89,10 @@ def test_object_store_urls_and_credentials_from_env(monkeypatch: pytest.MonkeyPa
         "secret": "SK",
         "client_kwargs": {"endpoint_url": "http://minio:9000"},
     }
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3.internal:9000")  # wins, as in botocore
+    assert sources.storage_options("s3://b/k")["client_kwargs"] == {
+        "endpoint_url": "http://s3.internal:9000"
+    }
     assert sources.storage_options("gs://b/k") == {"token": "/var/run/gcp/key.json"}
     gcs = DataSource.model_validate({"gcs": {"uri": "gcs://bucket/data/train.jsonl"}})
     assert sources.source_url(gcs) == "gs://bucket/data/train.jsonl"

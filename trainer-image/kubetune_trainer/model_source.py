@@ -7,7 +7,6 @@ config probe (`inspect-model`), so the probe reads config.json exactly as traini
 from __future__ import annotations
 
 import os
-import posixpath
 from pathlib import Path
 
 from kubetune import contract as c
@@ -72,17 +71,15 @@ def _from_hub(model: ModelSource, files: list[str] | None) -> Path:
 
 
 def _from_store(model: ModelSource, target: Path, files: list[str] | None) -> Path:
-    import fsspec
+    """Download the prefix (sub-folders included) with the source's credentials/endpoint."""
+    from . import storage
+    from .failures import BadInput, Retryable
 
     store = model.s3 or model.gcs
     assert store is not None
-    uri = store.uri.replace("gcs://", "gs://", 1)
     try:
-        fs, root = fsspec.core.url_to_fs(uri)
-        names = files or [posixpath.basename(p) for p in fs.ls(root, detail=False)]
-        target.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            fs.get(posixpath.join(root, name), str(target / name))
-    except (OSError, ImportError, ValueError) as exc:
-        raise ModelSourceError(f"{describe(model)}: {exc}") from exc
-    return target
+        fs, root = storage.filesystem(store.uri)
+        with storage.errors(describe(model)):
+            return storage.download_dir(fs, root, target, files)
+    except (BadInput, Retryable) as exc:  # the probe reports any failure as unreadable
+        raise ModelSourceError(str(exc)) from exc

@@ -40,15 +40,13 @@ def resolve_model_dir(model: ModelSpec, pvc_root: str, scratch: str) -> str:
     else:
         store = model.s3 or model.gcs
         assert store is not None  # the spec guarantees exactly one source
-        import fsspec
+        from . import storage
 
-        uri = store.uri.replace("gcs://", "gs://", 1)
         where = str(Path(scratch, "model"))
-        try:
-            fs, root = fsspec.core.url_to_fs(uri)
-            fs.get(root.rstrip("/") + "/", where, recursive=True)
-        except Exception as err:
-            raise Retryable(f"downloading model from {uri} failed: {err}") from err
+        fs, root = storage.filesystem(store.uri)
+        # A missing prefix or refused credentials is bad input; the rest is retried.
+        with storage.errors(f"downloading the model from {store.uri}"):
+            storage.download_dir(fs, root, Path(where))
     if not Path(where, "config.json").is_file():
         raise BadInput(
             f"model directory {where} has no config.json; point spec.model at the"

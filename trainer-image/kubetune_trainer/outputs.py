@@ -44,22 +44,34 @@ def merge_adapter(
 
 
 def push_fsspec(local: Path, uri: str, storage_options: dict[str, Any] | None = None) -> str:
-    """Copy the directory `local` to `uri` (s3://, gs://, memory://, file://) recursively."""
-    import fsspec
+    """Copy the directory `local` to `uri` (s3://, gs://, memory://, file://) recursively.
 
-    uri = uri.replace("gcs://", "gs://", 1)
-    try:
-        fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    except (ImportError, ValueError) as err:
-        raise BadInput(f"cannot write to {uri}: {err}") from err
-    try:
-        for path in sorted(local.rglob("*")):
-            if path.is_file():
-                rel = path.relative_to(local).as_posix()
-                fs.makedirs(os.path.dirname(f"{root}/{rel}"), exist_ok=True)
-                fs.put_file(str(path), f"{root}/{rel}")
-    except (OSError, TimeoutError) as err:
-        raise Retryable(f"copying the outputs to {uri} failed: {err}") from err
+    Credentials and endpoint default to the environment's (`storage.storage_options`).
+    Object stores get no `makedirs`: there is nothing to create, and s3fs's `makedirs`
+    would *create a missing bucket*, turning a typo into a stray bucket. A missing bucket
+    or refused credentials is bad input; an unreachable store is retryable.
+    """
+    from . import storage
+
+    uri = storage.normalise(uri)
+    if storage_options is None:
+        fs, root = storage.filesystem(uri)
+    else:
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(uri, **storage_options)
+        except (ImportError, ValueError) as err:
+            raise BadInput(f"cannot write to {uri}: {err}") from err
+    root = root.rstrip("/")
+    files = [p for p in sorted(local.rglob("*")) if p.is_file()]
+    remote = [f"{root}/{p.relative_to(local).as_posix()}" for p in files]
+    with storage.errors(f"copying the outputs to {uri}"):
+        if not storage.is_object_store(fs):
+            for parent in sorted({os.path.dirname(r) for r in remote}):
+                fs.makedirs(parent, exist_ok=True)
+        if files:
+            fs.put([str(p) for p in files], remote)  # one batch: concurrent on s3fs/gcsfs
     return uri
 
 

@@ -24,6 +24,8 @@ from datasets import Dataset, Features, Value
 
 from kubetune.api.common import DataSource
 
+from ..storage import errors as store_errors
+from ..storage import storage_options
 from .errors import BadInputError
 
 PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
@@ -51,30 +53,6 @@ RAW_FEATURES = Features(
 def pvc_root() -> str:
     """The PVC mount root, overridable for tests and local runs."""
     return os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)
-
-
-def storage_options(url: str) -> dict[str, Any]:
-    """fsspec credentials for an object-store URL, from the environment the operator sets.
-
-    The operator projects the `credentialsSecretRef` Secret into these variables; when
-    none is set the store's own default chain (workload identity) applies.
-    """
-    env = os.environ
-    if url.startswith("s3://"):
-        opts: dict[str, Any] = {}
-        for key, var in (
-            ("key", "AWS_ACCESS_KEY_ID"),
-            ("secret", "AWS_SECRET_ACCESS_KEY"),
-            ("token", "AWS_SESSION_TOKEN"),
-        ):
-            if env.get(var):
-                opts[key] = env[var]
-        if env.get("AWS_ENDPOINT_URL"):
-            opts["client_kwargs"] = {"endpoint_url": env["AWS_ENDPOINT_URL"]}
-        return opts
-    if url.startswith(("gs://", "gcs://")) and env.get("GOOGLE_APPLICATION_CREDENTIALS"):
-        return {"token": env["GOOGLE_APPLICATION_CREDENTIALS"]}
-    return {}
 
 
 def source_url(source: DataSource) -> str:
@@ -107,18 +85,25 @@ def file_format(url: str, forced: str = "auto") -> str:
 
 
 def list_files(url: str, forced_format: str = "auto") -> list[str]:
-    """The data files at `url`: the file itself, or the known-format files under a folder."""
+    """The data files at `url`: the file itself, or the known-format files under a folder.
+
+    A zero-byte `prefix/` key in an object store is a "folder" marker, never a data file.
+    """
     fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
-    if not fs.exists(path):
-        raise BadInputError("no such file or directory", file=url)
-    if not fs.isdir(path):
-        return [url]
-    found = sorted(
-        p
-        for p in fs.find(path)
-        if forced_format != "auto"
-        or PurePosixPath(_strip_compression(p)).suffix.lower() in KNOWN_EXTENSIONS
-    )
+    with store_errors(f"listing the dataset at {url}"):
+        if not fs.exists(path):
+            raise BadInputError("no such file or directory", file=url)
+        if not fs.isdir(path):
+            return [url]
+        found = sorted(
+            p
+            for p in fs.find(path)
+            if not p.endswith("/")
+            and (
+                forced_format != "auto"
+                or PurePosixPath(_strip_compression(p)).suffix.lower() in KNOWN_EXTENSIONS
+            )
+        )
     if not found:
         raise BadInputError("directory holds no .jsonl/.json/.parquet/.csv files", file=url)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -141,9 +126,13 @@ def _dumps(obj: Any) -> str:
 
 def iter_file(url: str, fmt: str) -> Iterator[dict[str, Any]]:
     """Yield one raw row per record of `url`, with a 1-based line (or item) number."""
-    opts = storage_options(url)
+    with store_errors(f"reading {url}"):
+        yield from _iter_open(url, fmt)
+
+
+def _iter_open(url: str, fmt: str) -> Iterator[dict[str, Any]]:
     name = url
-    with fsspec.open(url, "rb", compression="infer", **opts) as handle:
+    with fsspec.open(url, "rb", compression="infer", **storage_options(url)) as handle:
         if fmt == "jsonl":
             for number, data in enumerate(_lines(handle), start=1):
                 try:
@@ -218,7 +207,8 @@ def _fingerprint(urls: list[str], fmt: str) -> str:
     digest = hashlib.sha256(fmt.encode())
     for url in urls:
         fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
-        info = fs.info(path)
+        with store_errors(f"reading {url}"):
+            info = fs.info(path)
         stamp = {k: info.get(k) for k in ("size", "mtime", "ETag", "etag", "md5Hash", "created")}
         digest.update(_dumps([url, stamp]).encode())
     return digest.hexdigest()[:32]
@@ -243,14 +233,16 @@ def load_raw_urls(urls: list[str], fmt: str = "auto", cache_dir: str | None = No
 
 
 def _generate(gen: Any, kwargs: dict[str, Any], cache_dir: str | None, key: str) -> Dataset:
-    """`Dataset.from_generator`, re-raising our BadInputError from inside the generator."""
+    """`Dataset.from_generator`, re-raising our own errors (BadInputError, or a storage
+    failure's BadInput/Retryable: anything stating an `exit_code`) from inside the generator,
+    which `datasets` wraps in its DatasetGenerationError."""
     try:
         ds = Dataset.from_generator(
             gen, gen_kwargs=kwargs, features=RAW_FEATURES, cache_dir=cache_dir, fingerprint=key
         )
     except Exception as err:
         cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, BadInputError):
+        while cause is not None and not isinstance(getattr(cause, "exit_code", None), int):
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
             raise cause from None
