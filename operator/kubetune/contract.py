@@ -21,6 +21,8 @@ ENV_PVC_ROOT = "KUBETUNE_PVC_ROOT"  # where PVC claims are mounted, one dir per 
 ENV_PROGRESS_URL = "KUBETUNE_PROGRESS_URL"  # operator endpoint for progress reports
 ENV_PROGRESS_TOKEN = "KUBETUNE_PROGRESS_TOKEN_FILE"  # projected service-account token
 ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"  # override of /dev/termination-log
+ENV_HF_TOKEN = "HF_TOKEN"  # from tokenSecretRef; huggingface_hub reads it too
+ENV_HF_PUSH_TOKEN = "KUBETUNE_HF_PUSH_TOKEN"  # from output.hf.tokenSecretRef (write access)
 # torchrun / accelerate rendezvous (the names torch.distributed uses)
 ENV_MASTER_ADDR = "MASTER_ADDR"
 ENV_MASTER_PORT = "MASTER_PORT"

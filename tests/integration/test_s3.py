@@ -210,7 +210,7 @@ def test_missing_model_is_bad_input(s3: S3, tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="not found"):
         resolve_model_dir(spec, "/nonexistent", str(tmp_path))
     source = ModelSource.model_validate(_s3(f"s3://{BUCKET}/models/tiny"))
-    with pytest.raises(model_source.ModelSourceError, match="not found"):
+    with pytest.raises(BadInput, match="not found"):
         model_source.resolve(source, tmp_path, files=["no-such-file.json"])
 
 

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from kubetune import contract as c
 from kubetune.api.spec import ModelSpec
 
-from .model_source import ModelSourceError, describe, resolve
+from .failures import BadInput, Retryable
+from .model_source import describe, resolve
 
 # What the planner reads; everything else is dropped to stay under the 4 KiB message.
 KEYS = (
@@ -62,6 +63,12 @@ def _write(message: str) -> None:
     print(message)
 
 
+def _fail(reason: str, message: str, code: c.ExitCode) -> int:
+    _write(json.dumps({"reason": reason, "message": message}))
+    print(message, file=sys.stderr)
+    return int(code)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         model = ModelSpec.model_validate(yaml.safe_load(args.model))
@@ -71,11 +78,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         local = resolve(model, c.SCRATCH_DIR, files=["config.json"])
         raw = json.loads((local / "config.json").read_text())
-    except (ModelSourceError, OSError, ValueError) as exc:
+    except Retryable as exc:
+        # The store is down or unreachable: the operator probes again after a backoff.
+        return _fail("ModelSourceUnreachable", str(exc), c.ExitCode.RETRYABLE)
+    except (BadInput, OSError, ValueError) as exc:
         message = f"cannot read config.json from {describe(model)}: {exc}"
-        _write(json.dumps({"reason": "ModelConfigUnreadable", "message": message}))
-        print(message, file=sys.stderr)
-        return int(c.ExitCode.BAD_INPUT)
+        return _fail("ModelConfigUnreadable", message, c.ExitCode.BAD_INPUT)
     compact = {k: raw[k] for k in KEYS if k in raw}
     _write(json.dumps(compact, separators=(",", ":")))
     return 0

@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kubetune import contract as c
 from kubetune.api.spec import FineTuneJobSpec
 
-from .failures import BadInput, Retryable
+from .failures import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,22 @@ def push_fsspec(local: Path, uri: str, storage_options: dict[str, Any] | None = 
     return uri
 
 
+def hub_push_token() -> str | None:
+    """The token for pushing: output.hf.tokenSecretRef's (a write token), else the one
+    the model or data were read with."""
+    return os.environ.get(c.ENV_HF_PUSH_TOKEN) or os.environ.get(c.ENV_HF_TOKEN) or None
+
+
 def push_hub(local: Path, repo: str, revision: str, private: bool, token: str | None) -> str:
-    """Upload `local` to a Hub model repository (created when missing)."""
+    """Upload `local` to a Hub model repository (created when missing).
+
+    A refused or missing token, or a repo the token cannot write, is bad input (retrying
+    would train nothing new and be refused again); a Hub that cannot be reached is
+    retryable, and the retry resumes from the final checkpoint.
+    """
     from huggingface_hub import HfApi
+
+    from .model_source import hub_failure
 
     api = HfApi(token=token)
     try:
@@ -89,7 +103,7 @@ def push_hub(local: Path, repo: str, revision: str, private: bool, token: str | 
             commit_message="kubetune fine-tune",
         )
     except Exception as err:
-        raise Retryable(f"pushing to the Hugging Face Hub repo {repo} failed: {err}") from err
+        raise hub_failure(err, f"pushing to the Hugging Face Hub repo {repo}") from err
     return f"hf://{repo}"
 
 

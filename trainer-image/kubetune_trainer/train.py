@@ -507,7 +507,7 @@ class FineTuneRecipe:
                 out.hf.repo,
                 out.hf.revision,
                 out.hf.private,
-                os.environ.get("HF_TOKEN"),
+                outputs.hub_push_token(),
             )
 
     # ------------------------------------------------------------------ cleanup

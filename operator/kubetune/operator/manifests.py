@@ -142,10 +142,10 @@ def _credentials(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[str]
         if hf_ref is None and src is not None and src.hf is not None:
             hf_ref = src.hf.token_secret_ref
     if hf_ref is not None:
-        env.append(_secret_env("HF_TOKEN", hf_ref.name, hf_ref.key))
+        env.append(_secret_env(c.ENV_HF_TOKEN, hf_ref.name, hf_ref.key))
     if spec.output and spec.output.hf and spec.output.hf.token_secret_ref:
         ref = spec.output.hf.token_secret_ref
-        env.append(_secret_env("KUBETUNE_HF_PUSH_TOKEN", ref.name, ref.key))
+        env.append(_secret_env(c.ENV_HF_PUSH_TOKEN, ref.name, ref.key))
     s3: list[str] = []
     gcs: list[str] = []
     for store in _object_stores(spec):

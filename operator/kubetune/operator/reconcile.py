@@ -337,9 +337,12 @@ class Reconciler:
                     f"spec.model: config.json is not a model config: {exc}",
                 )
         if phase == "Failed":
-            self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             summary = parse_summary((term or {}).get("message"))
             detail = summary.message if summary else (term or {}).get("message") or phase
+            if term is not None and term.get("exitCode") == ExitCode.RETRYABLE:
+                self._probe_backoff(ctx, probe["metadata"]["name"], term, str(detail).strip())
+                return None
+            self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             self._fail(
                 ctx,
                 "ModelConfigUnreadable",
@@ -350,6 +353,32 @@ class Reconciler:
             self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             self._fail(ctx, _fatal_reason(seen), seen.message)
         return None
+
+    def _probe_backoff(self, ctx: Ctx, pod: str, term: dict[str, Any], detail: str) -> None:
+        """The model's store could not be reached (the probe exited RETRYABLE): stay in
+        Planning and probe again, waiting as long as the failures have lasted so far
+        (doubling, from the retry backoff up to MAX_BACKOFF). The failed probe pod is
+        the timer (its finishedAt) until it is deleted to make way for the next one."""
+        reason = "ModelSourceUnreachable"
+        message = f"spec.model: {detail[:500]}"
+        cond = get_condition(ctx.status.get("conditions", []), "Planned") or {}
+        ongoing = cond.get("status") == "False" and cond.get("reason") == reason
+        failed_at = _parse_ts(term.get("finishedAt")) or ctx.now
+        first = (_parse_ts(cond.get("lastTransitionTime")) if ongoing else None) or failed_at
+        backoff = min(
+            MAX_BACKOFF,
+            max(self.settings.retry_backoff_seconds, (failed_at - first).total_seconds()),
+        )
+        left = (failed_at + timedelta(seconds=backoff) - ctx.now).total_seconds()
+        if left > 0:
+            if not ongoing:
+                ctx.event("Warning", reason, f"{message}; probing again in {int(left) + 1} s")
+            ctx.condition("Planned", False, reason, message)
+            ctx.phase("Planning", reason, f"{message}; probing again in {int(left) + 1} s")
+            ctx.again(left)
+            return
+        self.kube.delete_pod(ctx.meta.namespace, pod)
+        ctx.again(1.0)
 
     def _pools(self) -> list[NodePool]:
         """Configured plus discovered pools, cached briefly: planning and placement of one

@@ -1,0 +1,125 @@
+"""A job whose base model lives on S3, through the operator: credentials and endpoint
+from the job's Secret, and a store that is down when the job arrives.
+
+The model probe cannot reach the store, so the job must wait in Planning with the reason
+(condition and Event), probing again with a backoff, instead of failing for good; once
+the store answers (moto's S3 server, started late on the Secret's endpoint), the job
+plans, trains from the model downloaded by the trainer pods, and succeeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.fixtures.tiny_model import cached_tiny_base
+from tests.integration.harness import (
+    OperatorProcess,
+    apply_job,
+    condition,
+    free_port,
+    wait_for,
+)
+from tests.integration.test_operator_lifecycle import (  # noqa: F401  (fixtures)
+    demo_claim,
+    demo_files,
+    demo_job,
+    finished,
+    workloads,
+)
+from tests.integration.test_s3 import BUCKET, KEY, SECRET, S3
+from tests.localcluster.kube import raw
+
+pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+
+
+@pytest.fixture
+def late_store() -> Iterator[dict[str, Any]]:
+    """A port nobody listens on yet, and a way to start S3 there later."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    servers: list[ThreadedMotoServer] = []
+
+    def start() -> S3:
+        import boto3
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        servers.append(server)
+        endpoint = f"http://localhost:{port}"
+        s3 = S3(
+            endpoint,
+            boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                aws_access_key_id=KEY,
+                aws_secret_access_key=SECRET,
+                region_name="us-east-1",
+            ),
+        )
+        s3.client.create_bucket(Bucket=BUCKET)
+        s3.upload_dir(cached_tiny_base(), "models/tiny")
+        return s3
+
+    yield {"endpoint": f"http://localhost:{port}", "start": start}
+    for server in servers:
+        server.stop()
+
+
+def test_model_store_down_then_back(
+    operator: OperatorProcess,
+    k8s: client.ApiClient,
+    namespace: str,
+    demo_claim: Path,  # noqa: F811
+    late_store: dict[str, Any],
+) -> None:
+    raw(
+        client.CoreV1Api(k8s).create_namespaced_secret,
+        namespace,
+        {
+            "metadata": {"name": "model-store"},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET,
+                "AWS_ENDPOINT_URL": late_store["endpoint"],
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_MAX_ATTEMPTS": "1",
+            },
+        },
+    )
+    body = demo_job("s3-model", training={"epochs": 4})
+    body["spec"]["model"] = {
+        "s3": {
+            "uri": f"s3://{BUCKET}/models/tiny",
+            "credentialsSecretRef": {"name": "model-store"},
+        }
+    }
+    apply_job(k8s, namespace, body)
+
+    def unreachable(b: dict[str, Any]) -> bool:
+        return condition(b, "Planned").get("reason") == "ModelSourceUnreachable"
+
+    waiting = wait_for(k8s, namespace, "s3-model", unreachable, 120, "the probe to fail")
+    st = waiting["status"]
+    assert st["phase"] == "Planning", st
+    assert "probing again" in st["message"] and "Could not connect" in st["message"]
+    assert "plan" not in st and workloads(k8s, namespace, "s3-model") == []
+    events = raw(client.CoreV1Api(k8s).list_namespaced_event, namespace)["items"]
+    assert any(
+        e["reason"] == "ModelSourceUnreachable" and e["type"] == "Warning"
+        for e in events
+        if e["involvedObject"]["name"] == "s3-model"
+    )
+
+    late_store["start"]()
+    st = finished(k8s, namespace, "s3-model")
+    assert condition({"status": st}, "Planned")["status"] == "True"
+    assert st["plan"]["method"] == "lora"
+    ev = st["evaluation"]
+    assert ev["final"]["exactMatch"] >= ev["baseline"]["exactMatch"] + 0.2
