@@ -31,7 +31,7 @@ from tests.integration.test_operator_lifecycle import (  # noqa: F401  (fixtures
     finished,
     workloads,
 )
-from tests.integration.test_s3 import BUCKET, KEY, SECRET, S3
+from tests.integration.test_s3 import BUCKET, KEY, S3, SECRET
 from tests.localcluster.kube import raw
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]

@@ -273,3 +273,43 @@ def test_sigkill_then_resume(base: dict[str, Path], tmp_path: Path) -> None:
     assert summary is not None and summary.step == summary.total_steps
     assert not (root / checkpoints.STAGING).exists()
     assert len(checkpoints.list_complete(root)) <= 3  # last 2 + best
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_then_resumes(base: dict[str, Path], tmp_path: Path) -> None:
+    """Preemption: SIGTERM mid-epoch, with no periodic checkpoint due, still leaves a
+    complete checkpoint at the step reached, exits PREEMPTED, and the next run resumes
+    there."""
+    spec = job(base, "lora", 3, LORA, training={"checkpoint": {"everySteps": 1000, "keep": 2}})
+    spec["spec"]["evaluation"]["compareBaseline"] = False
+    cfg = make_config(spec, make_plan("lora", learningRate=3e-3), tmp_path / "out")
+    path = dump_config(cfg, tmp_path / "cfg.json")
+    root = tmp_path / "out" / "checkpoints"
+    log = tmp_path / "log1"
+    env = os.environ | {"KUBETUNE_TERMINATION_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetune_trainer", "train", "--config", str(path)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Training has started once TensorBoard has an event file; let it take a few steps.
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list((tmp_path / "out" / "tensorboard").rglob("events.out.tfevents*")):
+            break
+        time.sleep(0.2)
+    time.sleep(3)
+    assert proc.poll() is None, "the run ended before it could be preempted"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == ExitCode.PREEMPTED
+    summary = TerminationSummary.model_validate_json(log.read_bytes())
+    assert summary.reason == "Preempted"
+    saved = checkpoints.latest(root)
+    assert saved is not None and saved.step > 0, "no checkpoint written on SIGTERM"
+    code, final = run_trainer(path, tmp_path)
+    assert code == 0 and final is not None and final.step == final.total_steps
+    assert final.total_steps is not None and saved.step < final.total_steps
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["resumedFrom"].endswith(f"-{saved.step}")
