@@ -200,13 +200,19 @@ def test_suspend_then_resume_continues_from_the_checkpoint(
 ) -> None:
     api = client.CustomObjectsApi(k8s)
     apply_job(k8s, namespace, demo_job("pausable", training={"epochs": 24}))
-    wait_for(
+    live = wait_for(
         k8s,
         namespace,
         "pausable",
         lambda b: ((b.get("status") or {}).get("checkpoints") or {}).get("latestStep", 0) >= 20,
         TRAINING_TIMEOUT,
         "a checkpoint",
+    )
+    # from live progress, in the same form the final summary gives
+    ckpt = live["status"]["checkpoints"]
+    assert (
+        ckpt["latest"]
+        == f"{c.PVC_ROOT}/kubetune-demo/runs/pausable/checkpoints/checkpoint-{ckpt['latestStep']}"
     )
     patch = {"spec": {"suspend": True}}
     raw(

@@ -159,7 +159,11 @@ class ProgressCallback(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.checkpoint = (f"checkpoint-{state.global_step}", state.global_step)
+        # on_save runs after KubetuneSFTTrainer has renamed the checkpoint into place: report
+        # its full path, as the final summary does, so status.checkpoints.latest never
+        # changes form between live progress and the end of the run.
+        path = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
+        self.checkpoint = (str(path), state.global_step)
 
     def on_log(
         self,
