@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -280,7 +281,8 @@ def test_sigterm_saves_a_checkpoint_then_resumes(base: dict[str, Path], tmp_path
     """Preemption: SIGTERM mid-epoch, with no periodic checkpoint due, still leaves a
     complete checkpoint at the step reached, exits PREEMPTED, and the next run resumes
     there."""
-    spec = job(base, "lora", 3, LORA, training={"checkpoint": {"everySteps": 1000, "keep": 2}})
+    # 8 epochs (~150 steps, 15 s or more): long enough that the signal lands mid-training
+    spec = job(base, "lora", 8, LORA, training={"checkpoint": {"everySteps": 1000, "keep": 2}})
     spec["spec"]["evaluation"]["compareBaseline"] = False
     cfg = make_config(spec, make_plan("lora", learningRate=3e-3), tmp_path / "out")
     path = dump_config(cfg, tmp_path / "cfg.json")
@@ -294,13 +296,14 @@ def test_sigterm_saves_a_checkpoint_then_resumes(base: dict[str, Path], tmp_path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    # Training has started once TensorBoard has an event file; let it take a few steps.
+    # Training has started once TensorBoard has an event file (on_train_begin); let it
+    # take a few steps.
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if list((tmp_path / "out" / "tensorboard").rglob("events.out.tfevents*")):
             break
         time.sleep(0.2)
-    time.sleep(3)
+    time.sleep(2)
     assert proc.poll() is None, "the run ended before it could be preempted"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == ExitCode.PREEMPTED
@@ -313,3 +316,79 @@ def test_sigterm_saves_a_checkpoint_then_resumes(base: dict[str, Path], tmp_path
     assert final.total_steps is not None and saved.step < final.total_steps
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["resumedFrom"].endswith(f"-{saved.step}")
+
+
+ZERO = [
+    # stage, offload, resume from a ZeRO checkpoint as well
+    pytest.param(2, "none", False, id="zero2"),
+    pytest.param(3, "none", True, id="zero3"),
+    pytest.param(3, "optimizer+parameters", False, id="zero3-offload"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "offload", "resume"), ZERO)
+def test_deepspeed_zero_on_cpu(
+    base: dict[str, Path], tmp_path: Path, stage: int, offload: str, resume: bool
+) -> None:
+    """Real DeepSpeed engines (gloo, fp32) through the launcher, as the GPU path runs them.
+
+    The first run on a machine JIT-compiles DeepSpeed's CPU ops (shm comm, and cpu_adam
+    for offload) into ~/.cache/torch_extensions: 1-2 minutes each, once.
+    """
+    plan = make_plan(
+        "full",
+        learningRate=3e-3,
+        gpusPerNode=2,
+        microBatchSize=8,
+        zeroStage=stage,
+        offload=offload,
+    )
+    spec = job(base, "full", 4, training={"checkpoint": {"keep": 4}})
+    out = tmp_path / "out"
+    path = dump_config(make_config(spec, plan, out), tmp_path / "cfg.json")
+    env = {"MASTER_PORT": str(29500 + (os.getpid() + stage) % 1000)}
+    code, summary = run_trainer(path, tmp_path, "launch", env=env, timeout=600)
+    assert code == 0, summary
+    assert summary is not None and summary.reason == "Completed"
+    final, baseline = summary.evaluation["final"], summary.evaluation["baseline"]
+    assert isinstance(final, dict) and isinstance(baseline, dict)
+    print(
+        f"ZeRO-{stage} offload {offload}: exactMatch {baseline['exactMatch']:.3f} ->"
+        f" {final['exactMatch']:.3f}, loss {baseline['loss']:.3f} -> {final['loss']:.3f}"
+    )
+    assert final["loss"] < baseline["loss"]
+    assert final["exactMatch"] >= baseline["exactMatch"] + MARGIN
+    report = json.loads((out / "report.json").read_text())
+    assert report["plan"]["zeroStage"] == stage and report["plan"]["offload"] == offload
+    written = json.loads((out / ".scratch" / "launch" / "deepspeed.json").read_text())
+    ds = written["zero_optimization"]
+    assert ds["stage"] == stage
+    assert ("offload_param" in ds) == (offload == "optimizer+parameters")
+    # The DeepSpeed engine saved its own layout: one optimizer partition per rank, and
+    # under ZeRO-3 one parameter partition per rank too.
+    latest = checkpoints.latest(out / "checkpoints")
+    assert latest is not None and latest.step == summary.step
+    shards = {p.name for p in (latest.path / f"global_step{latest.step}").iterdir()}
+    per_rank = ["optim_states"] + (["model_states"] if stage == 3 else [])
+    assert {f"zero_pp_rank_{r}_mp_rank_00_{kind}.pt" for r in (0, 1) for kind in per_rank} <= shards
+    assert (out / "model" / "model.safetensors").stat().st_size > 100_000  # gathered weights
+    if not resume:
+        return
+    # Resume halfway: drop the later checkpoints; the engine must reload its shards and
+    # land where the uninterrupted run did.
+    done = checkpoints.list_complete(out / "checkpoints")
+    middle = done[len(done) // 2 - 1]
+    for c in done:
+        if c.step > middle.step:
+            shutil.rmtree(c.path)
+    code, again = run_trainer(path, tmp_path, "launch", env=env, timeout=600)
+    assert code == 0 and again is not None, again
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumedFrom"].endswith(f"checkpoint-{middle.step}")
+    steps = [e["step"] for e in report["logHistory"] if "loss" in e]
+    assert steps == list(range(1, summary.step + 1))
+    resumed = again.evaluation["final"]
+    assert isinstance(resumed, dict)
+    print(f"resumed from step {middle.step}: loss {resumed['loss']:.4f} vs {final['loss']:.4f}")
+    assert resumed["loss"] == pytest.approx(final["loss"], rel=0.02)

@@ -66,8 +66,15 @@ def _label(text: str) -> str:
     return first.strip(string.punctuation + " ")
 
 
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy completions of `prompts` (already rendered with the chat template)."""
+def generate(
+    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, synced: bool = False
+) -> list[str]:
+    """Greedy completions of `prompts` (already rendered with the chat template).
+
+    `synced`: every rank generates in step (ZeRO-3 gathers weights collectively). Always
+    passed, since transformers turns it on by itself under ZeRO-3 and a lone rank would
+    then wait forever for its peers.
+    """
     import torch
 
     device = next(model.parameters()).device
@@ -88,6 +95,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
+                    synced_gpus=synced,
                 )
             new = out[:, enc["input_ids"].shape[1] :]
             outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -149,6 +157,7 @@ def score(
     max_new_tokens: int,
     max_test_samples: int,
     sample_generations: int,
+    synced: bool = False,
 ) -> Scores:
     """Validation loss/perplexity plus test-set generation metrics (and general ppl)."""
     pad = tokenizer.pad_token_id
@@ -160,7 +169,7 @@ def score(
     if wanted and test is not None and len(test):
         rows = test.select(range(min(len(test), max_test_samples)))
         prompts, refs = list(rows["prompt_text"]), list(rows["reference"])
-        preds = generate(model, tokenizer, prompts, max_new_tokens)
+        preds = generate(model, tokenizer, prompts, max_new_tokens, synced)
         result.update(task_metrics(preds, refs, wanted))
         samples = [
             {"prompt": p[-500:], "reference": r[:500], "prediction": g[:500]}

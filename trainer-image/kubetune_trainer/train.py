@@ -146,6 +146,13 @@ class FineTuneRecipe:
         self.state = PartialState()
         if self.rank.world_size > 1 and not self.hardware.cuda:
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // self.rank.world_size))
+        if self.deepspeed and not self.hardware.cuda:
+            # With use_cpu the arguments build a plain gloo group and never start DeepSpeed's
+            # comm layer (on GPUs they do), so ZeRO-3's zero.Init in from_pretrained would
+            # see a world of 1; join it over the existing group.
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend="gloo")
         # 3. Base model files, and the tokenizer from them.
         from .models import resolve_model_dir
 
@@ -223,10 +230,28 @@ class FineTuneRecipe:
             raise BadInput(f"cannot load the model from {self.model_dir}: {err}") from err
         return self.method.prepare_model(model, self.gradient_checkpointing)
 
+    @property
+    def zero3(self) -> bool:
+        """ZeRO-3: every rank holds only a shard of each weight."""
+        return bool(self.deepspeed) and self.plan.zero_stage == 3
+
     def _baseline(self) -> None:
         ev = self.spec.evaluation
-        if not ev.compare_baseline or not self.state.is_main_process:
+        if not ev.compare_baseline:
             return
+        if not self.zero3:
+            if self.state.is_main_process:
+                self._score_baseline()
+            return
+        # zero.Init loaded the weights as shards and no engine gathers them yet: every rank
+        # joins the gather, rank 0 scores the whole model.
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+            if self.state.is_main_process:
+                self._score_baseline()
+
+    def _score_baseline(self) -> None:
         if self.paths.baseline.is_file():  # a resumed attempt: the base model has not changed
             self.baseline = json.loads(self.paths.baseline.read_text())
             return
@@ -241,7 +266,7 @@ class FineTuneRecipe:
         outputs.write_json(self.paths.baseline, self.baseline)
         log.info("baseline: %s", scores.metrics)
 
-    def _score(self, model: Any) -> evaluation.Scores:
+    def _score(self, model: Any, synced: bool = False) -> evaluation.Scores:
         ev = self.spec.evaluation
         return evaluation.score(
             model,
@@ -251,6 +276,7 @@ class FineTuneRecipe:
             ev.max_new_tokens,
             ev.max_test_samples,
             ev.sample_generations,
+            synced,
         )
 
     def _training_args(self) -> Any:
@@ -399,12 +425,16 @@ class FineTuneRecipe:
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self) -> None:
-        if not self.state.is_main_process:
+        # Under ZeRO-3 the engine gathers each layer's shards as it runs, a collective:
+        # every rank scores the same rows in step, rank 0 keeps the result.
+        if not self.state.is_main_process and not self.zero3:
             return
         ev = self.spec.evaluation
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         started = time.monotonic()
-        scores = self._score(model)
+        scores = self._score(model, synced=self.zero3)
+        if not self.state.is_main_process:
+            return
         self.final = {
             "metrics": scores.metrics,
             "samples": scores.samples,
