@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 MARGIN = 0.3
 """How far above the base model's exact match a tuned model must land."""
 LORA = {"lora": {"r": 16, "alpha": 32, "dropout": 0.0}}
+VIRTUAL = {"promptTuning": {"numVirtualTokens": 16}}
 
 
 @pytest.fixture(scope="module")
@@ -120,27 +122,40 @@ def run_trainer(
     return proc.returncode, summary
 
 
+def start_trainer(
+    spec: dict[str, Any], tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """Start `train` for a LoRA job without the baseline (to be signalled mid-run): the
+    process, its config path and its checkpoint root. Its summary goes to tmp_path/log1."""
+    spec["spec"]["evaluation"]["compareBaseline"] = False
+    cfg = make_config(spec, make_plan("lora", learningRate=3e-3), tmp_path / "out")
+    path = dump_config(cfg, tmp_path / "cfg.json")
+    env = os.environ | {"KUBETUNE_TERMINATION_LOG": str(tmp_path / "log1"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetune_trainer", "train", "--config", str(path)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, path, tmp_path / "out" / "checkpoints"
+
+
+def wait_while_running(
+    proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 240
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.2)
+
+
 METHODS = [
     # base, method, learning rate, epochs, spec extras (plans: micro-batch 16, one process)
     pytest.param("prose", "full", 3e-3, 4, {}, id="full"),
     pytest.param("prose", "lora", 3e-3, 4, LORA, id="lora"),
     pytest.param("prose", "qlora", 3e-3, 4, LORA, id="qlora"),
-    pytest.param(
-        "chat",
-        "prompt-tuning",
-        3e-1,
-        6,
-        {"promptTuning": {"numVirtualTokens": 16}},
-        id="prompt-tuning",
-    ),
-    pytest.param(
-        "chat",
-        "prefix-tuning",
-        3e-2,
-        4,
-        {"promptTuning": {"numVirtualTokens": 16}},
-        id="prefix-tuning",
-    ),
+    pytest.param("chat", "prompt-tuning", 3e-1, 6, VIRTUAL, id="prompt-tuning"),
+    pytest.param("chat", "prefix-tuning", 3e-2, 4, VIRTUAL, id="prefix-tuning"),
     pytest.param("chat", "ia3", 3e-2, 4, {}, id="ia3"),
 ]
 
@@ -239,24 +254,13 @@ def test_sigkill_then_resume(base: dict[str, Path], tmp_path: Path) -> None:
         {"lora": {"r": 8, "alpha": 16}},
         training={"checkpoint": {"everySteps": 4, "keep": 2}},
     )
-    spec["spec"]["evaluation"]["compareBaseline"] = False
-    cfg = make_config(spec, make_plan("lora", learningRate=3e-3), tmp_path / "out")
-    path = dump_config(cfg, tmp_path / "cfg.json")
-    root = tmp_path / "out" / "checkpoints"
-    env = os.environ | {"KUBETUNE_TERMINATION_LOG": str(tmp_path / "log1"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubetune_trainer", "train", "--config", str(path)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
+    proc, path, root = start_trainer(spec, tmp_path)
+
+    def two_checkpoints() -> bool:
         done = checkpoints.list_complete(root)
-        if done and done[-1].step >= 8:
-            break
-        time.sleep(0.2)
+        return bool(done) and done[-1].step >= 8
+
+    wait_while_running(proc, two_checkpoints)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = checkpoints.latest(root)
@@ -283,31 +287,17 @@ def test_sigterm_saves_a_checkpoint_then_resumes(base: dict[str, Path], tmp_path
     there."""
     # 8 epochs (~150 steps, 15 s or more): long enough that the signal lands mid-training
     spec = job(base, "lora", 8, LORA, training={"checkpoint": {"everySteps": 1000, "keep": 2}})
-    spec["spec"]["evaluation"]["compareBaseline"] = False
-    cfg = make_config(spec, make_plan("lora", learningRate=3e-3), tmp_path / "out")
-    path = dump_config(cfg, tmp_path / "cfg.json")
-    root = tmp_path / "out" / "checkpoints"
-    log = tmp_path / "log1"
-    env = os.environ | {"KUBETUNE_TERMINATION_LOG": str(log), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubetune_trainer", "train", "--config", str(path)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, path, root = start_trainer(spec, tmp_path)
     # Training has started once TensorBoard has an event file (on_train_begin); let it
     # take a few steps.
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if list((tmp_path / "out" / "tensorboard").rglob("events.out.tfevents*")):
-            break
-        time.sleep(0.2)
+    wait_while_running(
+        proc, lambda: any((tmp_path / "out" / "tensorboard").rglob("events.out.tfevents*"))
+    )
     time.sleep(2)
     assert proc.poll() is None, "the run ended before it could be preempted"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == ExitCode.PREEMPTED
-    summary = TerminationSummary.model_validate_json(log.read_bytes())
+    summary = TerminationSummary.model_validate_json((tmp_path / "log1").read_bytes())
     assert summary.reason == "Preempted"
     saved = checkpoints.latest(root)
     assert saved is not None and saved.step > 0, "no checkpoint written on SIGTERM"
