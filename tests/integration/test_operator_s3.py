@@ -1,10 +1,12 @@
 """A job whose base model lives on S3, through the operator: credentials and endpoint
 from the job's Secret, and a store that is down when the job arrives.
 
-The model probe cannot reach the store, so the job must wait in Planning with the reason
-(condition and Event), probing again with a backoff, instead of failing for good; once
-the store answers (moto's S3 server, started late on the Secret's endpoint), the job
-plans, trains from the model downloaded by the trainer pods, and succeeds.
+The model probe cannot reach the store (the Secret's endpoint has nobody listening), so
+the job must wait in Planning with the reason (condition and Event), probing again with a
+backoff, instead of failing for good. Once the Secret points at a store that answers
+(moto's S3 server, holding the model), the next probe pod reads it, and the job plans,
+trains from the model the trainer pods download, and succeeds: an outage or a wrong
+endpoint is fixed without re-creating the job.
 """
 
 from __future__ import annotations
@@ -38,37 +40,43 @@ pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 
 
 @pytest.fixture
-def late_store() -> Iterator[dict[str, Any]]:
-    """A port nobody listens on yet, and a way to start S3 there later."""
+def store() -> Iterator[S3]:
+    """moto's S3 server with the bucket and the tiny base model, ready before any job
+    can reach it."""
+    import boto3
     from moto.server import ThreadedMotoServer
 
     port = free_port()
-    servers: list[ThreadedMotoServer] = []
-
-    def start() -> S3:
-        import boto3
-
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        servers.append(server)
-        endpoint = f"http://localhost:{port}"
-        s3 = S3(
-            endpoint,
-            boto3.client(
-                "s3",
-                endpoint_url=endpoint,
-                aws_access_key_id=KEY,
-                aws_secret_access_key=SECRET,
-                region_name="us-east-1",
-            ),
-        )
-        s3.client.create_bucket(Bucket=BUCKET)
-        s3.upload_dir(cached_tiny_base(), "models/tiny")
-        return s3
-
-    yield {"endpoint": f"http://localhost:{port}", "start": start}
-    for server in servers:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://localhost:{port}"
+    s3 = S3(
+        endpoint,
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+        ),
+    )
+    s3.client.create_bucket(Bucket=BUCKET)
+    s3.upload_dir(cached_tiny_base(), "models/tiny")
+    try:
+        yield s3
+    finally:
         server.stop()
+
+
+def _credentials(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
 
 
 def test_model_store_down_then_back(
@@ -76,23 +84,12 @@ def test_model_store_down_then_back(
     k8s: client.ApiClient,
     namespace: str,
     demo_claim: Path,  # noqa: F811
-    late_store: dict[str, Any],
+    store: S3,
 ) -> None:
-    raw(
-        client.CoreV1Api(k8s).create_namespaced_secret,
-        namespace,
-        {
-            "metadata": {"name": "model-store"},
-            "stringData": {
-                "AWS_ACCESS_KEY_ID": KEY,
-                "AWS_SECRET_ACCESS_KEY": SECRET,
-                "AWS_ENDPOINT_URL": late_store["endpoint"],
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "AWS_MAX_ATTEMPTS": "1",
-            },
-        },
-    )
+    core = client.CoreV1Api(k8s)
+    nobody = f"http://localhost:{free_port()}"
+    secret = {"metadata": {"name": "model-store"}, "stringData": _credentials(nobody)}
+    raw(core.create_namespaced_secret, namespace, secret)
     body = demo_job("s3-model", training={"epochs": 4})
     body["spec"]["model"] = {
         "s3": {
@@ -117,7 +114,8 @@ def test_model_store_down_then_back(
         if e["involvedObject"]["name"] == "s3-model"
     )
 
-    late_store["start"]()
+    secret["stringData"] = _credentials(store.endpoint)
+    raw(core.replace_namespaced_secret, "model-store", namespace, secret)
     st = finished(k8s, namespace, "s3-model")
     assert condition({"status": st}, "Planned")["status"] == "True"
     assert st["plan"]["method"] == "lora"
