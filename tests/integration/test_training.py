@@ -154,6 +154,14 @@ METHODS = [
     pytest.param("prose", "full", 3e-3, 4, {}, id="full"),
     pytest.param("prose", "lora", 3e-3, 4, LORA, id="lora"),
     pytest.param("prose", "qlora", 3e-3, 4, LORA, id="qlora"),
+    pytest.param(
+        "prose",
+        "lora",
+        3e-3,
+        4,
+        {"lora": {"r": 16, "alpha": 32, "useDora": True, "useRslora": True}},
+        id="dora-rslora",
+    ),
     pytest.param("chat", "prompt-tuning", 3e-1, 6, VIRTUAL, id="prompt-tuning"),
     pytest.param("chat", "prefix-tuning", 3e-2, 4, VIRTUAL, id="prefix-tuning"),
     pytest.param("chat", "ia3", 3e-2, 4, {}, id="ia3"),
@@ -197,6 +205,12 @@ def test_method_beats_baseline(
         saved / "tokenizer_config.json"
     ).read_text()
     assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+    if "lora" in extra:  # the adapter is the one the spec asked for
+        adapter = json.loads((saved / "adapter_config.json").read_text())
+        asked = extra["lora"]
+        assert adapter["r"] == asked["r"] and adapter["lora_alpha"] == asked["alpha"]
+        assert adapter["use_dora"] == asked.get("useDora", False)
+        assert adapter["use_rslora"] == asked.get("useRslora", False)
 
 
 def test_corrupted_dataset_is_bad_input(base: dict[str, Path], tmp_path: Path) -> None:
