@@ -554,6 +554,41 @@ class FineTuneJobSpec(ApiModel):
             raise ValueError(f"{MERGE_VIRTUAL_TOKENS}, got {self.method}")
         return self
 
+    @model_validator(mode="after")
+    def _one_secret_per_store_kind(self) -> FineTuneJobSpec:
+        """The trainer pod holds one set of S3 credentials (the Secret's keys become its
+        environment) and one GCS key file, so two different Secrets for one kind of store
+        cannot both apply; refused here instead of silently using one for every bucket."""
+        secrets: dict[str, set[str]] = {"S3": set(), "GCS": set()}
+        for store in self.object_stores():
+            if store.credentials_secret_ref is not None:
+                kind = "S3" if store.uri.startswith("s3://") else "GCS"
+                secrets[kind].add(store.credentials_secret_ref.name)
+        for kind, names in secrets.items():
+            if len(names) > 1:
+                raise ValueError(
+                    f"the {kind} locations name different credentialsSecretRefs"
+                    f" ({', '.join(sorted(names))}); a trainer pod holds one set of {kind}"
+                    " credentials: use one Secret that can reach every bucket"
+                )
+        return self
+
+    def object_stores(self) -> list[ObjectStoreSource]:
+        """Every S3/GCS location the job reads or writes."""
+        found: list[ObjectStoreSource | None] = []
+        for src in (
+            self.model,
+            self.dataset.train,
+            self.dataset.validation,
+            self.dataset.test,
+            self.dataset.replay.source if self.dataset.replay else None,
+            self.evaluation.forgetting.source if self.evaluation.forgetting else None,
+            self.output,
+        ):
+            if src is not None:
+                found += [src.s3, src.gcs]
+        return [s for s in found if s is not None]
+
 
 __all__ = [
     "Architecture",

@@ -15,7 +15,7 @@ import yaml
 
 from kubetune import contract as c
 from kubetune.api import API_VERSION, KIND
-from kubetune.api.common import DataSource, ModelSource, ObjectStoreSource
+from kubetune.api.common import DataSource, ModelSource
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.status import Plan
 from kubetune.api.trainer_config import JobRef, ProgressTarget, RuntimePaths, TrainerConfig
@@ -118,22 +118,6 @@ def output_dir(spec: FineTuneJobSpec) -> str:
     return c.OUTPUT_DIR
 
 
-def _object_stores(spec: FineTuneJobSpec) -> list[ObjectStoreSource]:
-    found: list[ObjectStoreSource | None] = []
-    for src in (
-        spec.model,
-        spec.dataset.train,
-        spec.dataset.validation,
-        spec.dataset.test,
-        spec.dataset.replay.source if spec.dataset.replay else None,
-        spec.evaluation.forgetting.source if spec.evaluation.forgetting else None,
-        spec.output,
-    ):
-        if src is not None:
-            found += [src.s3, src.gcs]
-    return [s for s in found if s is not None]
-
-
 def _credentials(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """(env, S3 secrets for envFrom, GCS secrets to mount) for the sources' credentials."""
     env: list[dict[str, Any]] = []
@@ -148,7 +132,7 @@ def _credentials(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[str]
         env.append(_secret_env(c.ENV_HF_PUSH_TOKEN, ref.name, ref.key))
     s3: list[str] = []
     gcs: list[str] = []
-    for store in _object_stores(spec):
+    for store in spec.object_stores():
         if store.credentials_secret_ref is None:
             continue
         target = s3 if store.uri.startswith("s3://") else gcs
