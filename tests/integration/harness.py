@@ -43,13 +43,14 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.health_port = free_port()
         self.env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "KUBETUNE_POOLS_FILE": str(POOLS),
             "KUBETUNE_PROGRESS_LISTEN": f"127.0.0.1:{self.port}",
             "KUBETUNE_PROGRESS_URL": f"http://127.0.0.1:{self.port}",
-            "KUBETUNE_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
+            "KUBETUNE_LIVENESS": f"http://127.0.0.1:{self.health_port}/healthz",
             "KUBETUNE_PROGRESS_INTERVAL_SECONDS": "1",
             "KUBETUNE_RETRY_BACKOFF_SECONDS": "1",
             "KUBETUNE_RESYNC_SECONDS": "5",
@@ -60,7 +61,9 @@ class OperatorProcess:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> OperatorProcess:
+    def start(self, ready: bool = True) -> OperatorProcess:
+        """Returns once the progress port is open (the operator runs kopf), or with
+        `ready=False` once the health port is (a leader-election standby opens only that)."""
         fh = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kubetune.operator"],
@@ -69,10 +72,11 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
+        port = self.port if ready else self.health_port
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
                     return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"operator exited: {self.log.read_text()[-2000:]}")

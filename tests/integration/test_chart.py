@@ -193,7 +193,7 @@ def test_namespaced_install_runs_the_operator_with_least_privilege(
         f"watchNamespaces={{{jobs_namespace}}}",
         f"service.port={progress_port}",
         f"healthPort={health_port}",
-        "peering.enabled=true",
+        "leaderElection.enabled=true",
         wait=True,
     )
     dep = _deployment(local_cluster, release)
@@ -206,21 +206,22 @@ def test_namespaced_install_runs_the_operator_with_least_privilege(
     time.sleep(3)  # let kopf's watchers start
     logs = _operator_logs(local_cluster, release, "progress endpoint listening")
     assert "Forbidden" not in logs and "Not enough permissions" not in logs, logs[-3000:]
-    # kopf peering works with the Role's kopfpeerings rules: the operator's keep-alive is in
-    # the namespace's KopfPeering.
-    deadline = time.monotonic() + 30
-    while True:
-        peering = json.loads(
-            local_cluster.kubectl(
-                "get", "kopfpeering", dep["metadata"]["name"], "-n", jobs_namespace, "-o", "json"
-            )
-        )
-        peers = list(peering.get("status", {}).values())
-        if peers or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    # One peer, with the random priority each replica draws (handlers._priority).
-    assert len(peers) == 1 and 1 <= peers[0]["priority"] <= 1_000_000, peering
+    # Leader election works with the release namespace's Role: the pod holds the Lease
+    # (named after the release), as its name (POD_NAME, the downward API) and a suffix.
+    lease_name = dep["metadata"]["name"]
+    lease = json.loads(local_cluster.kubectl("get", "lease", lease_name, "-n", ns, "-o", "json"))
+    pod = local_cluster.kubectl(
+        "get", "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={release.name}", "-o", "name"
+    )
+    assert lease["spec"]["holderIdentity"].startswith(pod.strip().removeprefix("pod/") + "_")
+    assert "acquired lease" in logs
+    lease_res = "leases.coordination.k8s.io"
+    for verb in ("get", "update"):
+        assert can_i(local_cluster, operator, verb, f"{lease_res}/{lease_name}", ns)
+        assert not can_i(local_cluster, operator, verb, f"{lease_res}/other", ns)
+    assert can_i(local_cluster, operator, "create", lease_res, ns)
+    assert not can_i(local_cluster, operator, "delete", f"{lease_res}/{lease_name}", ns)
+    assert not can_i(local_cluster, operator, "create", lease_res, jobs_namespace)
 
     for verb, res in NAMESPACED_ALLOWED:
         assert can_i(local_cluster, operator, verb, res, jobs_namespace), (verb, res)
@@ -259,11 +260,10 @@ def test_namespaced_install_runs_the_operator_with_least_privilege(
 
 def test_cluster_wide_install_rbac(local_cluster: LocalCluster, release: Release) -> None:
     # replicas=0: a cluster-wide operator would act on other tests' jobs.
-    release.install("replicas=0", "peering.enabled=true")
+    release.install("replicas=0", "leaderElection.enabled=true")
     ns = release.namespace
     operator = f"system:serviceaccount:{ns}:{release.name}-kubetune"
     local_cluster.kubectl("get", "serviceaccount", f"{release.name}-kubetune", "-n", ns)
-    local_cluster.kubectl("get", "clusterkopfpeering", f"{release.name}-kubetune")
     for verb, res in NAMESPACED_ALLOWED:
         assert can_i(local_cluster, operator, verb, res, "default"), (verb, res)
     for verb, res in CLUSTER_ALLOWED:
@@ -274,12 +274,15 @@ def test_cluster_wide_install_rbac(local_cluster: LocalCluster, release: Release
         assert not can_i(local_cluster, operator, verb, res, None), (verb, res)
     # Cluster-wide kopf never lists namespaces.
     assert not can_i(local_cluster, operator, "list", "namespaces", None)
-    # Peering: its own ClusterKopfPeering only.
-    peering = f"clusterkopfpeerings.kopf.dev/{release.name}-kubetune"
-    for verb in ("get", "patch"):
-        assert can_i(local_cluster, operator, verb, peering, None)
-        assert not can_i(local_cluster, operator, verb, "clusterkopfpeerings.kopf.dev/other", None)
-    assert not can_i(local_cluster, operator, "delete", peering, None)
+    # Leader election: its own Lease in its own namespace only, even cluster-wide.
+    lease = f"leases.coordination.k8s.io/{release.name}-kubetune"
+    for verb in ("get", "update"):
+        assert can_i(local_cluster, operator, verb, lease, ns)
+        assert not can_i(local_cluster, operator, verb, lease, "default")
+        assert not can_i(local_cluster, operator, verb, "leases.coordination.k8s.io/other", ns)
+    assert can_i(local_cluster, operator, "create", "leases.coordination.k8s.io", ns)
+    assert not can_i(local_cluster, operator, "create", "leases.coordination.k8s.io", "default")
+    assert not can_i(local_cluster, operator, "delete", lease, ns)
 
 
 def test_install_refuses_wrong_values(local_cluster: LocalCluster, release: Release) -> None:

@@ -143,6 +143,8 @@ def test_demo_succeeds_under_the_charts_rbac_which_is_exactly_what_it_uses(
         f"healthPort={_free_port()}",
         f"service.progressURL=http://127.0.0.1:{port}",
         "config.progressIntervalSeconds=2",
+        # Leader election on (one replica): its Lease rules must be used too.
+        "leaderElection.enabled=true",
     ]
     pools = tmp_path / "values.yaml"
     pools.write_text(yaml.safe_dump({"nodePools": yaml.safe_load(POOLS.read_text())["pools"]}))

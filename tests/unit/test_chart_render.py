@@ -86,7 +86,7 @@ def test_template_renders_valid_objects(values: Path) -> None:
         # Only the operator's own children carry managed-by=kubetune (the NetworkPolicy and
         # the operator's selectors rely on it).
         assert d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-        cluster_scoped = d["kind"] in {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+        cluster_scoped = d["kind"] in {"ClusterRole", "ClusterRoleBinding"}
         assert ("namespace" in d["metadata"]) != cluster_scoped, d["kind"]
 
 
@@ -94,7 +94,7 @@ def test_every_ci_scenario_is_present() -> None:
     assert set(CI_IDS) == {
         "default-values",
         "namespaced-values",
-        "peering-monitoring-values",
+        "leader-election-monitoring-values",
         "netpol-values",
     }
 
@@ -120,14 +120,18 @@ def test_operator_pod_is_hardened(values: Path) -> None:
     assert ctr["resources"]["requests"] and ctr["resources"]["limits"]
 
 
-def test_probes_hit_kopfs_health_endpoint() -> None:
+def test_liveness_hits_kopfs_health_endpoint_and_readiness_the_progress_endpoint() -> None:
+    """Liveness: kopf's endpoint (a leader-election standby answers on it too). Readiness:
+    the progress endpoint, which only the leader opens, so the Service routes to it."""
     docs = template()
     ctr = _container(docs)
     env = _env(docs)
     health = next(p for p in ctr["ports"] if p["name"] == "health")
     assert env["KUBETUNE_LIVENESS"] == f"http://0.0.0.0:{health['containerPort']}/healthz"
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert ctr[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert ctr["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert ctr["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "progress"}
+    svc = one(docs, "Service")
+    assert svc["spec"]["ports"][0]["targetPort"] == "progress"
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=CI_IDS)
@@ -153,7 +157,7 @@ def test_every_operator_setting_is_wired() -> None:
     read = {v.rstrip('":,') for v in read}
     env = _env(template([_ci("namespaced-values")]))
     assert read and read <= set(env), sorted(read - set(env))
-    assert {"KUBETUNE_PEERING", "KUBETUNE_LIVENESS", "KUBETUNE_LOG_FORMAT"} <= set(env)
+    assert {"KUBETUNE_LIVENESS", "KUBETUNE_LOG_FORMAT"} <= set(env)
 
 
 def test_progress_url_can_be_overridden() -> None:
@@ -170,7 +174,7 @@ def test_defaults() -> None:
     assert s.trainer_image == "ghcr.io/kubetune/trainer:0.1.0"
     assert s.trainer_service_account == "default"
     assert s.pools_file is None and s.discover_pools is True
-    assert env["KUBETUNE_PEERING"] == ""  # standalone
+    assert s.leader_election is False  # one replica: no Lease, no Role for it
     dep = one(docs, "Deployment")
     assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
@@ -181,7 +185,7 @@ def test_defaults() -> None:
     assert not find(docs, "NetworkPolicy")
     assert not find(docs, "ServiceMonitor")
     assert not find(docs, "ConfigMap")
-    assert not find(docs, "ClusterKopfPeering")
+    assert not find(docs, "Role")
 
 
 # ---------------------------------------------------------------- node pools
@@ -270,10 +274,12 @@ def test_namespaced_rbac_role_per_namespace_and_a_small_cluster_role() -> None:
 @pytest.mark.parametrize("values", CI_VALUES, ids=CI_IDS)
 def test_no_wildcards_and_no_secrets(values: Path) -> None:
     for role in find(template([values]), "ClusterRole") + find(template([values]), "Role"):
-        for g, res, verb, _ in _rules(role):
+        for g, res, verb, names in _rules(role):
             assert "*" not in (g, res, verb)
             assert res not in {"secrets", "roles", "rolebindings", "clusterroles"}
-            assert verb not in {"update", "escalate", "bind", "impersonate"}
+            assert verb not in {"escalate", "bind", "impersonate"}
+            # update (a whole-object replace) only on the operator's own Lease.
+            assert verb != "update" or (g, res, len(names)) == ("coordination.k8s.io", "leases", 1)
 
 
 def test_rbac_can_be_left_to_the_platform() -> None:
@@ -307,59 +313,76 @@ def test_named_trainer_service_account_cluster_wide() -> None:
 
 
 # ---------------------------------------------------------------- HA, monitoring, network
-def test_peering_and_pdb_with_replicas() -> None:
-    docs = template([_ci("peering-monitoring-values")])
+LEASE_RULES = {
+    ("coordination.k8s.io", "leases", "create", ()),
+    ("coordination.k8s.io", "leases", "get", ("kt-kubetune",)),
+    ("coordination.k8s.io", "leases", "update", ("kt-kubetune",)),
+}
+
+
+def test_leader_election_with_replicas() -> None:
+    docs = template([_ci("leader-election-monitoring-values")])
     dep = one(docs, "Deployment")
     assert dep["spec"]["replicas"] == 2
-    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
-    peering = one(docs, "ClusterKopfPeering")
-    assert peering["apiVersion"] == "kopf.dev/v1"
-    assert _env(docs)["KUBETUNE_PEERING"] == peering["metadata"]["name"]
-    pdb = one(docs, "PodDisruptionBudget")
-    assert pdb["spec"]["minAvailable"] == 1
-    assert pdb["spec"]["selector"] == dep["spec"]["selector"]
-    rules = _rules(one(docs, "ClusterRole"))
-    name = (peering["metadata"]["name"],)
-    assert {
-        ("kopf.dev", "clusterkopfpeerings", "list", ()),
-        ("kopf.dev", "clusterkopfpeerings", "watch", ()),
-        ("kopf.dev", "clusterkopfpeerings", "get", name),
-        ("kopf.dev", "clusterkopfpeerings", "patch", name),
-    } <= rules
-
-
-def test_namespaced_peering_uses_a_kopfpeering_per_namespace() -> None:
-    docs = template([_ci("namespaced-values")], sets=["peering.enabled=true"])
-    assert not find(docs, "PodDisruptionBudget")  # one replica
-    peerings = find(docs, "KopfPeering")
-    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
-    assert not find(docs, "ClusterKopfPeering")
-    for role in find(docs, "Role"):
-        assert ("kopf.dev", "kopfpeerings", "patch", (peerings[0]["metadata"]["name"],)) in (
-            _rules(role)
-        )
-    assert not {r for r in _rules(one(docs, "ClusterRole")) if r[0] == "kopf.dev"}
-
-
-def test_peering_crds_are_kopfs() -> None:
-    from kopf._cogs.structs import references
-
-    crds = list(yaml.safe_load_all((CHART / "crds/kopf-peering.yaml").read_text()))
-    got = {
-        (d["spec"]["group"], d["spec"]["versions"][0]["name"], d["spec"]["names"]["plural"])
-        for d in crds
+    # Standbys are never Ready: a rollout must not wait for new pods before stopping old ones.
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "100%"},
     }
-    cluster, namespaced = references.CLUSTER_PEERINGS_K, references.NAMESPACED_PEERINGS_K
-    assert got == {
-        (cluster.group, cluster.version, cluster.any_name),
-        (namespaced.group, namespaced.version, namespaced.any_name),
+    env = _env(docs)
+    s = Settings.from_env(env)
+    assert s.leader_election is True
+    assert (s.lease_name, s.lease_namespace) == ("kt-kubetune", NS)
+    # controller-runtime's defaults.
+    assert (
+        s.lease_duration_seconds,
+        s.lease_renew_deadline_seconds,
+        s.lease_retry_period_seconds,
+    ) == (15, 10, 2)
+    pod_name = next(e for e in _container(docs)["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # The Lease's Role: the release namespace only, its own Lease's name where RBAC can.
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == NS
+    assert _rules(role) == LEASE_RULES
+    binding = one(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    assert not {r for r in _rules(one(docs, "ClusterRole")) if r[1] == "leases"}
+    # Nothing of kopf peering or a PodDisruptionBudget (only the leader is ever Ready).
+    assert not find(docs, "PodDisruptionBudget")
+    assert not [d for d in docs if "kopf" in d["apiVersion"]]
+
+
+def test_namespaced_leader_election_keeps_the_lease_in_the_release_namespace() -> None:
+    docs = template(
+        [_ci("namespaced-values")],
+        sets=["leaderElection.enabled=true", "leaderElection.leaseName=op-lock"],
+    )
+    assert one(docs, "Deployment")["spec"]["replicas"] == 1
+    roles = {r["metadata"]["namespace"]: r for r in find(docs, "Role")}
+    assert sorted(roles) == ["kubetune-system", "team-a", "team-b"]
+    assert _rules(roles[NS]) == {
+        (g, r, v, ("op-lock",) if names else ()) for g, r, v, names in LEASE_RULES
     }
-    scopes = {d["spec"]["names"]["kind"]: d["spec"]["scope"] for d in crds}
-    assert scopes == {"ClusterKopfPeering": "Cluster", "KopfPeering": "Namespaced"}
+    for ns in ("team-a", "team-b"):
+        assert not {r for r in _rules(roles[ns]) if r[1] == "leases"}
+    assert Settings.from_env(_env(docs)).lease_name == "op-lock"
+
+
+def test_leader_election_timings_are_checked() -> None:
+    env = _env(
+        template(sets=["leaderElection.enabled=true", "leaderElection.retryPeriodSeconds=1"])
+    )
+    assert Settings.from_env(env).lease_retry_period_seconds == 1
+    with pytest.raises(HelmError, match="leaseDurationSeconds > renewDeadlineSeconds"):
+        template(sets=["leaderElection.renewDeadlineSeconds=20"])
+    with pytest.raises(ValueError, match="lease duration > renew deadline"):
+        Settings.from_env({"KUBETUNE_LEASE_RETRY_PERIOD_SECONDS": "10"})
 
 
 def test_service_monitor_scrapes_metrics_on_the_progress_port() -> None:
-    docs = template([_ci("peering-monitoring-values")])
+    docs = template([_ci("leader-election-monitoring-values")])
     sm = one(docs, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "prometheus"
     assert sm["spec"]["endpoints"] == [{"port": "progress", "path": "/metrics", "interval": "15s"}]
@@ -421,6 +444,8 @@ BAD_VALUES = [
     (["service.port=80000"], "/service/port"),
     (["service.progressURL=kubetune:8081"], "/service/progressURL"),
     (["networkPolicy.enable=true"], "additional properties 'enable' not allowed"),
+    (["peering.enabled=true"], "additional properties 'peering' not allowed"),
+    (["leaderElection.leaseDurationSeconds=1.5"], "/leaderElection/leaseDurationSeconds"),
     (["securityContext.privileged=true"], "additional properties 'privileged' not allowed"),
 ]
 

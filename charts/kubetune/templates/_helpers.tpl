@@ -58,12 +58,18 @@ every namespace that runs jobs, and every namespace has `default`). */}}
 {{- end }}
 {{- end }}
 
-{{- define "kubetune.peering" -}}
-{{- if or .Values.peering.enabled (gt (int .Values.replicas) 1) }}true{{ end }}
+{{/* Leader election on a Lease: with more than one replica, or asked for. Fails on timings
+the operator would refuse (it needs duration > renew deadline > retry period). */}}
+{{- define "kubetune.leaderElection" -}}
+{{- $le := .Values.leaderElection }}
+{{- if not (and (gt (float64 $le.leaseDurationSeconds) (float64 $le.renewDeadlineSeconds)) (gt (float64 $le.renewDeadlineSeconds) (float64 $le.retryPeriodSeconds))) }}
+{{- fail "leaderElection: need leaseDurationSeconds > renewDeadlineSeconds > retryPeriodSeconds" }}
+{{- end }}
+{{- if or $le.enabled (gt (int .Values.replicas) 1) }}true{{ end }}
 {{- end }}
 
-{{- define "kubetune.peeringName" -}}
-{{- default (include "kubetune.fullname" .) .Values.peering.name }}
+{{- define "kubetune.leaseName" -}}
+{{- default (include "kubetune.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{- define "kubetune.serviceName" -}}

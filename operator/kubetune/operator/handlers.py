@@ -11,9 +11,10 @@ per job; a restarted operator relists every job and picks up where it was.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-import random
+import sys
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from kubetune import contract as c
 from kubetune.api import GROUP, PLURAL, VERSION
 
-from . import metrics
+from . import leader, metrics
 from .kube import Kube
 from .progress import ProgressServer, ProgressStore
 from .reconcile import Reconciler
@@ -76,6 +77,7 @@ async def schedule(namespace: str, name: str) -> None:
     async with lock:
         while True:
             rt.dirty.discard(key)
+            log.debug("reconcile %s/%s", namespace, name)
             requeue: float | None = None
             try:
                 loop = asyncio.get_running_loop()
@@ -163,6 +165,9 @@ async def cleanup(**_: Any) -> None:
         for timer in RUNTIME.timers.values():
             timer.cancel()
         await RUNTIME.server.stop()
+        # Let running reconciles finish here: with leader election the Lease is released
+        # right after kopf returns, and a new leader must not overlap with them.
+        await asyncio.to_thread(RUNTIME.executor.shutdown, wait=True, cancel_futures=True)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -189,15 +194,9 @@ async def on_pod(namespace: str | None, labels: Mapping[str, str], **_: Any) -> 
         await schedule(namespace, labels[c.LABEL_JOB])
 
 
-def _priority() -> int:
-    """kopf peering pauses every peer when two share the highest priority, so replicas of
-    one Deployment (same env) each draw their own unless KUBETUNE_PRIORITY is set."""
-    given = os.environ.get("KUBETUNE_PRIORITY")
-    return int(given) if given else random.SystemRandom().randint(1, 1_000_000)
-
-
 def main() -> None:
-    """`python -m kubetune.operator`: runs kopf with the settings from the environment."""
+    """`python -m kubetune.operator`: runs kopf with the settings from the environment,
+    standalone (kopf peering is not used), behind leader election when it is on."""
     ours = Settings.from_env()
     kopf.configure(
         verbose=os.environ.get("KUBETUNE_LOG_LEVEL", "").lower() == "debug",
@@ -207,12 +206,15 @@ def main() -> None:
     )
     # kopf logs every successful event handler at INFO: one line per pod event.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    standalone = os.environ.get("KUBETUNE_PEERING", "") == ""
-    kopf.run(
+    liveness = os.environ.get("KUBETUNE_LIVENESS", "http://0.0.0.0:8080/healthz")
+    run = functools.partial(
+        kopf.run,
         clusterwide=not ours.namespaces,
         namespaces=ours.namespaces,
-        standalone=standalone,
-        peering_name=os.environ.get("KUBETUNE_PEERING") or None,
-        priority=_priority(),
-        liveness_endpoint=os.environ.get("KUBETUNE_LIVENESS", "http://0.0.0.0:8080/healthz"),
+        standalone=True,
+        liveness_endpoint=liveness,
     )
+    if not ours.leader_election:
+        run()
+        return
+    sys.exit(leader.run_elected(run, _api_client(), ours, liveness))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 DEFAULT_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
 
@@ -45,6 +45,29 @@ class Settings(BaseModel):
     """ErrImagePull/ImagePullBackOff for longer than this fails the attempt."""
     probe_timeout_seconds: float = 300.0
     """How long the model-config probe pod may take."""
+    leader_election: bool = False
+    """Run kopf only while holding the Lease (several replicas); see leader.py."""
+    lease_name: str = "kubetune"
+    lease_namespace: str = ""
+    """Namespace of the Lease; empty means the pod's own (from its ServiceAccount mount)."""
+    lease_duration_seconds: float = 15.0
+    """A standby takes the Lease once its holder has not renewed it for this long."""
+    lease_renew_deadline_seconds: float = 10.0
+    """The leader exits when it could not renew for this long (less than the duration)."""
+    lease_retry_period_seconds: float = 2.0
+    """How often the leader renews and a standby retries."""
+
+    @model_validator(mode="after")
+    def _lease_timings(self) -> Settings:
+        # The leader must give up before a standby may take over (controller-runtime's rule).
+        if not (
+            self.lease_duration_seconds
+            > self.lease_renew_deadline_seconds
+            > self.lease_retry_period_seconds
+            > 0
+        ):
+            raise ValueError("need lease duration > renew deadline > retry period > 0")
+        return self
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -68,13 +91,19 @@ class Settings(BaseModel):
             "KUBETUNE_TERMINATION_GRACE_SECONDS": "termination_grace_seconds",
             "KUBETUNE_IMAGE_PULL_TIMEOUT_SECONDS": "image_pull_timeout_seconds",
             "KUBETUNE_PROBE_TIMEOUT_SECONDS": "probe_timeout_seconds",
+            "KUBETUNE_LEADER_ELECTION": "leader_election",
+            "KUBETUNE_LEASE_NAME": "lease_name",
+            "KUBETUNE_LEASE_NAMESPACE": "lease_namespace",
+            "KUBETUNE_LEASE_DURATION_SECONDS": "lease_duration_seconds",
+            "KUBETUNE_LEASE_RENEW_DEADLINE_SECONDS": "lease_renew_deadline_seconds",
+            "KUBETUNE_LEASE_RETRY_PERIOD_SECONDS": "lease_retry_period_seconds",
         }
         for var, field in mapping.items():
             if var in e and e[var] != "":
                 raw = e[var]
                 if field == "namespaces":
                     values[field] = [n.strip() for n in raw.split(",") if n.strip()]
-                elif field == "discover_pools":
+                elif field in ("discover_pools", "leader_election"):
                     values[field] = raw.lower() in ("1", "true", "yes", "on")
                 else:
                     values[field] = raw
