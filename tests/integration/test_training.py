@@ -396,3 +396,18 @@ def test_deepspeed_zero_on_cpu(
     assert isinstance(resumed, dict)
     print(f"resumed from step {middle.step}: loss {resumed['loss']:.4f} vs {final['loss']:.4f}")
     assert resumed["loss"] == pytest.approx(final["loss"], rel=0.02)
+
+
+def test_diverging_run_stops_with_nan_loss(base: dict[str, Path], tmp_path: Path) -> None:
+    """A learning rate so large the weights overflow fp32 after one step (1e6 is not enough:
+    RMSNorm keeps the loss finite): the run stops at the first NaN/Inf loss with exit code
+    NAN_LOSS (not retried: the same data and settings would do it again)."""
+    spec = job(base, "full", 2)
+    spec["spec"]["evaluation"]["compareBaseline"] = False
+    cfg = make_config(spec, make_plan("full", learningRate=1e30), tmp_path / "out")
+    code, summary = run_trainer(dump_config(cfg, tmp_path / "cfg.json"), tmp_path)
+    assert code == ExitCode.NAN_LOSS
+    assert summary is not None and summary.reason == "NaNLoss"
+    assert "step" in summary.message
+    assert summary.step is not None and summary.total_steps is not None
+    assert summary.step < summary.total_steps  # stopped early, did not train on
