@@ -50,12 +50,14 @@ class Kube:
                 return None
             raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patches status fields (only those given) through the status subresource."""
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> str:
+        """Merge-patches status fields (only those given) through the status subresource;
+        returns the resourceVersion the write produced."""
         self.requests += 1
-        self.custom.patch_namespaced_custom_object_status(
+        result: Any = self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
+        return str(((result or {}).get("metadata") or {}).get("resourceVersion") or "")
 
     def delete_job_resource(self, namespace: str, name: str) -> None:
         self.requests += 1
