@@ -171,22 +171,13 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_finetunejob(
-    type: str, namespace: str | None, name: str, meta: Mapping[str, Any], **_: Any
-) -> None:
+async def on_finetunejob(type: str, namespace: str | None, name: str, **_: Any) -> None:
     if namespace is None:
         return
     if type == "DELETED":
         if RUNTIME is not None:
             _requeue(RUNTIME, (namespace, name), None)
             RUNTIME.reconciler.progress.forget(namespace, name)
-            RUNTIME.reconciler.own_writes.pop((namespace, name), None)
-        return
-    if (
-        type == "MODIFIED"
-        and RUNTIME is not None
-        and RUNTIME.reconciler.caused_by_own_write(namespace, name, meta.get("resourceVersion"))
-    ):
         return
     await schedule(namespace, name)
 

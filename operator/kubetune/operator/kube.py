@@ -50,14 +50,12 @@ class Kube:
                 return None
             raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> str:
-        """Merge-patches status fields (only those given) through the status subresource;
-        returns the resourceVersion the write produced."""
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patches status fields (only those given) through the status subresource."""
         self.requests += 1
-        result: Any = self.custom.patch_namespaced_custom_object_status(
+        self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
-        return str(((result or {}).get("metadata") or {}).get("resourceVersion") or "")
 
     def delete_job_resource(self, namespace: str, name: str) -> None:
         self.requests += 1

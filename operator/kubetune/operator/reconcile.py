@@ -141,9 +141,6 @@ class Reconciler:
         self.phases: dict[tuple[str, str], str] = {}
         self._pool_cache: tuple[float, list[NodePool]] | None = None
         self._phase_lock = threading.Lock()  # reconciles of different jobs run in threads
-        self.own_writes: dict[tuple[str, str], str] = {}
-        """The resourceVersion of each job's last status write by this reconciler: the
-        watch event it causes needs no reconcile (see `caused_by_own_write`)."""
 
     # ------------------------------------------------------------------ entry point
     def reconcile(self, namespace: str, name: str) -> float | None:
@@ -152,7 +149,6 @@ class Reconciler:
         body = self.kube.get_job_resource(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.progress.forget(namespace, name)
-            self.own_writes.pop((namespace, name), None)
             self._count(namespace, name, None)
             return None
         ctx = Ctx(body=body, now=_now(), status=copy.deepcopy(body.get("status") or {}))
@@ -169,13 +165,6 @@ class Reconciler:
             # Watches can miss events; an active job is looked at again at least this often.
             return self.settings.resync_seconds
         return ctx.requeue
-
-    def caused_by_own_write(self, namespace: str, name: str, version: str | None) -> bool:
-        """True for the watch event of our own last status write: everything a reconcile
-        must do next is already requeued by it, so reacting would only repeat it (about 4
-        reconciles per job saved, measured by the load benchmark). Any other change, the
-        user's or a newer one, has another resourceVersion."""
-        return bool(version) and self.own_writes.get((namespace, name)) == version
 
     def _count(self, namespace: str, name: str, phase: str | None) -> None:
         """Keeps the jobs-by-phase gauge equal to what this operator last saw."""
@@ -202,8 +191,7 @@ class Reconciler:
         old = ctx.body.get("status") or {}
         patch = merge_patch(old, ctx.status)
         if patch:
-            version = self.kube.patch_status(meta["namespace"], meta["name"], patch)
-            self.own_writes[(meta["namespace"], meta["name"])] = version
+            self.kube.patch_status(meta["namespace"], meta["name"], patch)
             if old.get("phase") != ctx.status.get("phase"):
                 metrics.TRANSITIONS.labels(ctx.status.get("phase", "")).inc()
                 # kopf's JSON log format puts `k8s_ref` under "object" on every line.
