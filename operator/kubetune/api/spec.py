@@ -573,21 +573,24 @@ class FineTuneJobSpec(ApiModel):
                 )
         return self
 
-    def object_stores(self) -> list[ObjectStoreSource]:
-        """Every S3/GCS location the job reads or writes."""
-        found: list[ObjectStoreSource | None] = []
-        for src in (
+    def sources(self) -> list[ModelSpec | DataSource]:
+        """Every location the job reads: the model and each dataset source."""
+        found: list[ModelSpec | DataSource | None] = [
             self.model,
             self.dataset.train,
             self.dataset.validation,
             self.dataset.test,
             self.dataset.replay.source if self.dataset.replay else None,
             self.evaluation.forgetting.source if self.evaluation.forgetting else None,
-            self.output,
-        ):
-            if src is not None:
-                found += [src.s3, src.gcs]
-        return [s for s in found if s is not None]
+        ]
+        return [src for src in found if src is not None]
+
+    def object_stores(self) -> list[ObjectStoreSource]:
+        """Every S3/GCS location the job reads or writes."""
+        places: list[ModelSpec | DataSource | OutputSpec] = [*self.sources()]
+        if self.output is not None:
+            places.append(self.output)
+        return [store for p in places for store in (p.s3, p.gcs) if store is not None]
 
 
 __all__ = [

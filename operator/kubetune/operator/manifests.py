@@ -15,7 +15,6 @@ import yaml
 
 from kubetune import contract as c
 from kubetune.api import API_VERSION, KIND
-from kubetune.api.common import DataSource, ModelSource
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.status import Plan
 from kubetune.api.trainer_config import JobRef, ProgressTarget, RuntimePaths, TrainerConfig
@@ -93,17 +92,9 @@ def _metadata(name: str, job: JobMeta, attempt: int | None, component: str) -> d
 # --------------------------------------------------------------------------- volumes
 def claims(spec: FineTuneJobSpec) -> dict[str, bool]:
     """Every PVC the job reads or writes → whether it must be writable."""
-    sources: list[ModelSource | DataSource | None] = [
-        spec.model,
-        spec.dataset.train,
-        spec.dataset.validation,
-        spec.dataset.test,
-        spec.dataset.replay.source if spec.dataset.replay else None,
-        spec.evaluation.forgetting.source if spec.evaluation.forgetting else None,
-    ]
     out: dict[str, bool] = {}
-    for src in sources:
-        if src is not None and src.pvc is not None:
+    for src in spec.sources():
+        if src.pvc is not None:
             out.setdefault(src.pvc.claim_name, False)
     if spec.output and spec.output.pvc:
         out[spec.output.pvc.claim_name] = True
