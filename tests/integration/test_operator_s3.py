@@ -33,7 +33,7 @@ from tests.integration.test_operator_lifecycle import (  # noqa: F401  (fixtures
     finished,
     workloads,
 )
-from tests.integration.test_s3 import BUCKET, KEY, S3, SECRET
+from tests.integration.test_s3 import BUCKET, KEY, S3, SECRET, start_s3
 from tests.localcluster.kube import raw
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
@@ -43,24 +43,7 @@ pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 def store() -> Iterator[S3]:
     """moto's S3 server with the bucket and the tiny base model, ready before any job
     can reach it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://localhost:{port}"
-    s3 = S3(
-        endpoint,
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=KEY,
-            aws_secret_access_key=SECRET,
-            region_name="us-east-1",
-        ),
-    )
-    s3.client.create_bucket(Bucket=BUCKET)
+    server, s3 = start_s3()
     s3.upload_dir(cached_tiny_base(), "models/tiny")
     try:
         yield s3

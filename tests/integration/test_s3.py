@@ -102,9 +102,8 @@ class S3:
             assert resp.status == 200
 
 
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
-    """A moto S3 server with the bucket, a dataset and the tiny base model in it."""
+def start_s3() -> tuple[Any, S3]:
+    """moto's S3 server on a free loopback port, with an empty bucket: (server, S3)."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -120,6 +119,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
         region_name="us-east-1",
     )
     client.create_bucket(Bucket=BUCKET)
+    return server, S3(endpoint, client)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """A moto S3 server with the bucket, a dataset and the tiny base model in it."""
+    server, s3 = start_s3()
+    client = s3.client
     rows = "".join(json.dumps(r) + "\n" for r in make_instruction_rows(96, seed=1))
     client.put_object(Bucket=BUCKET, Key="data/", Body=b"")  # a console-made "folder"
     client.put_object(Bucket=BUCKET, Key="data/train.jsonl", Body=rows.encode())
@@ -127,7 +134,6 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
         Bucket=BUCKET, Key="data/more/extra.jsonl.gz", Body=gzip.compress(rows.encode()[:2000])
     )
     client.put_object(Bucket=BUCKET, Key="data/NOTES.txt", Body=b"not data")
-    s3 = S3(endpoint, client)
     s3.upload_dir(cached_tiny_base(), "models/tiny")
     client.put_object(Bucket=BUCKET, Key="models/tiny/", Body=b"")
     client.put_object(Bucket=BUCKET, Key="models/tiny/extra/notes.md", Body=b"sub-folder")

@@ -12,8 +12,6 @@ from typing import Any
 from kubetune import contract as c
 from kubetune.api.spec import FineTuneJobSpec
 
-from .failures import BadInput
-
 log = logging.getLogger(__name__)
 
 
@@ -44,26 +42,18 @@ def merge_adapter(
     return out
 
 
-def push_fsspec(local: Path, uri: str, storage_options: dict[str, Any] | None = None) -> str:
+def push_fsspec(local: Path, uri: str) -> str:
     """Copy the directory `local` to `uri` (s3://, gs://, memory://, file://) recursively.
 
-    Credentials and endpoint default to the environment's (`storage.storage_options`).
-    Object stores get no `makedirs`: there is nothing to create, and s3fs's `makedirs`
-    would *create a missing bucket*, turning a typo into a stray bucket. A missing bucket
-    or refused credentials is bad input; an unreachable store is retryable.
+    Credentials and endpoint come from the environment (`storage.filesystem`). Object
+    stores get no `makedirs`: there is nothing to create, and s3fs's `makedirs` would
+    *create a missing bucket*, turning a typo into a stray bucket. A missing bucket or
+    refused credentials is bad input; an unreachable store is retryable.
     """
     from . import storage
 
     uri = storage.normalise(uri)
-    if storage_options is None:
-        fs, root = storage.filesystem(uri)
-    else:
-        import fsspec
-
-        try:
-            fs, root = fsspec.core.url_to_fs(uri, **storage_options)
-        except (ImportError, ValueError) as err:
-            raise BadInput(f"cannot write to {uri}: {err}") from err
+    fs, root = storage.filesystem(uri)
     root = root.rstrip("/")
     files = [p for p in sorted(local.rglob("*")) if p.is_file()]
     remote = [f"{root}/{p.relative_to(local).as_posix()}" for p in files]

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from kubetune import contract as c
+from kubetune.api import API_VERSION, KIND
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.status import Plan
 from kubetune.api.validate import problems_from_error
@@ -196,8 +197,8 @@ class Reconciler:
                 metrics.TRANSITIONS.labels(ctx.status.get("phase", "")).inc()
                 # kopf's JSON log format puts `k8s_ref` under "object" on every line.
                 ref = {
-                    "apiVersion": "kubetune.io/v1alpha1",
-                    "kind": "FineTuneJob",
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
                     "name": meta["name"],
                     "namespace": meta["namespace"],
                     "uid": meta.get("uid"),

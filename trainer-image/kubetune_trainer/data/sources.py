@@ -25,7 +25,7 @@ from datasets import Dataset, Features, Value
 from kubetune.api.common import DataSource
 
 from ..storage import errors as store_errors
-from ..storage import storage_options
+from ..storage import filesystem, storage_options
 from .errors import BadInputError
 
 PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
@@ -89,7 +89,7 @@ def list_files(url: str, forced_format: str = "auto") -> list[str]:
 
     A zero-byte `prefix/` key in an object store is a "folder" marker, never a data file.
     """
-    fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
+    fs, path = filesystem(url)
     with store_errors(f"listing the dataset at {url}"):
         if not fs.exists(path):
             raise BadInputError("no such file or directory", file=url)
@@ -206,7 +206,7 @@ def _fingerprint(urls: list[str], fmt: str) -> str:
     """Changes whenever a file changes, so the datasets cache never serves stale rows."""
     digest = hashlib.sha256(fmt.encode())
     for url in urls:
-        fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
+        fs, path = filesystem(url)
         with store_errors(f"reading {url}"):
             info = fs.info(path)
         stamp = {k: info.get(k) for k in ("size", "mtime", "ETag", "etag", "md5Hash", "created")}
