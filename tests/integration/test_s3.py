@@ -29,6 +29,7 @@ from kubetune.contract import ExitCode
 from kubetune_trainer import model_source, outputs
 from kubetune_trainer.config import dump_config
 from kubetune_trainer.data import sources
+from kubetune_trainer.data.formats import check_readable
 from kubetune_trainer.failures import BadInput, Retryable, classify
 from kubetune_trainer.models import resolve_model_dir
 from kubetune_trainer.testing import make_config, make_plan
@@ -189,6 +190,27 @@ def test_missing_dataset_and_bucket_are_bad_input(s3: S3) -> None:
     for uri in (f"s3://{BUCKET}/nope/train.jsonl", "s3://no-such-bucket/train.jsonl"):
         with pytest.raises(sources.BadInputError, match="no such file"):
             sources.list_files(uri)
+
+
+def test_undecodable_objects_are_bad_input_naming_the_object(s3: S3, tmp_path: Path) -> None:
+    """Through s3fs as on a real store: bytes that are not what the key's name says are the
+    user's to fix (exit 2), while the store itself answered fine."""
+    rows = "".join(json.dumps(r) + "\n" for r in make_instruction_rows(200, seed=2)).encode()
+    objects = {
+        "bad/not-gzip.jsonl.gz": (rows, "the name says gzip-compressed but the file holds text"),
+        "bad/cut.jsonl.gz": (gzip.compress(rows)[:-64], "not valid gzip data, or cut short"),
+        "bad/not.parquet": (rows, "not a Parquet file: it holds text"),
+        "bad/words.jsonl": (b"just words\n" * 3, ":1: line 1 is not valid JSON"),
+    }
+    for key, (body, says) in objects.items():
+        s3.client.put_object(Bucket=BUCKET, Key=key, Body=body)
+        source = DataSource.model_validate(_s3(f"s3://{BUCKET}/{key}"))
+        with pytest.raises(sources.BadInputError) as err:
+            raw = sources.load_raw(source, cache_dir=str(tmp_path))
+            check_readable(raw)
+        message = str(err.value)
+        assert message.startswith(f"s3://{BUCKET}/{key}") and says in message, message
+        assert classify(err.value)[0] == ExitCode.BAD_INPUT
 
 
 # --------------------------------------------------------------------------- model

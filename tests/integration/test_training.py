@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -229,6 +230,31 @@ def test_corrupted_dataset_is_bad_input(base: dict[str, Path], tmp_path: Path) -
     assert "bad.jsonl:7" in summary.message
     raw = (tmp_path / "termination-log").read_bytes()
     assert len(raw) <= 4096 and json.loads(raw)["exitCode"] == 2
+
+
+UNREADABLE = [
+    # Before: exit 1 and a retry (DatasetGenerationError), and "rows have keys [none]". The
+    # other undecodable files take the parquet case's path (tests/unit/test_data_sources.py).
+    pytest.param("train.parquet", r"train\.parquet: not a Parquet file", id="parquet-not-parquet"),
+    pytest.param("lines.jsonl", r"lines\.jsonl:1: line 1 is not valid JSON", id="not-json-lines"),
+]
+
+
+@pytest.mark.parametrize(("name", "says"), UNREADABLE)
+def test_unreadable_data_exits_bad_input_naming_the_file(
+    base: dict[str, Path], tmp_path: Path, name: str, says: str
+) -> None:
+    """Data whose bytes are not what its name says stops the trainer with BAD_INPUT (never
+    retried) and the file and line, through the whole trainer as a pod runs it."""
+    bad = tmp_path / name
+    text = base["data"].read_bytes()
+    bad.write_bytes(b"question: what is GH-2?\nanswer: the code\n" if "lines" in name else text)
+    spec = job({**base, "data": bad}, "lora", 1)
+    cfg = make_config(spec, make_plan("lora"), tmp_path / "out")
+    code, summary = run_trainer(dump_config(cfg, tmp_path / "cfg.json"), tmp_path)
+    assert code == ExitCode.BAD_INPUT, summary
+    assert summary is not None and summary.reason == "BadInput"
+    assert re.search(says, summary.message), summary.message
 
 
 @pytest.mark.slow
