@@ -23,6 +23,7 @@ from kubetune.contract import ExitCode
 from kubetune_trainer import storage
 from kubetune_trainer.data import decode, sources
 from kubetune_trainer.data.errors import BadInputError
+from kubetune_trainer.data.formats import Fields, RowError, normalise
 from kubetune_trainer.failures import BadInput, Retryable, classify
 
 ROWS = [
@@ -217,6 +218,18 @@ def test_a_csv_field_longer_than_pythons_default_limit_loads(tmp_path: Path) -> 
     path.write_text('text\n"' + "word " * 60_000 + '"\nshort\n')
     raw = sources.load_raw_urls([str(path)], cache_dir=str(tmp_path / "cache"))
     assert [len(json.loads(r)["text"]) for r in raw["raw"]] == [300_000, 5]
+
+
+def test_lone_surrogate_escapes_are_malformed_rows_not_a_crash(tmp_path: Path) -> None:
+    """`"\\ud801"` decodes to a lone surrogate, which is not text: the Arrow writer (and
+    the tokenizer) fail on it. Found by tests/unit/test_fuzz_data_readers.py."""
+    path = tmp_path / "rows.json"
+    path.write_text('[{"text": "ok"}, {"text": "a\\ud801b"}, {"text": "\\ud83d\\ude00"}]')
+    raw = sources.load_raw_urls([str(path)], cache_dir=str(tmp_path / "cache"))
+    assert list(raw["error"]) == ["", "invalid Unicode: a lone surrogate (\\ud801)", ""]
+    assert json.loads(raw["raw"][2]) == {"text": "\U0001f600"}  # a proper pair is fine
+    with pytest.raises(RowError, match=r"lone surrogate \(\\udc00\)"):
+        normalise('{"text": "x\\udc00"}', "text", Fields(), None)
 
 
 def test_a_pvc_source_names_the_file_on_the_claim(

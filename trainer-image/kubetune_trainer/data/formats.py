@@ -160,6 +160,8 @@ def normalise(raw: str, fmt: str, fields: Fields, system_prompt: str | None) -> 
         raise RowError("JSON nested too deeply to read") from None
     if not isinstance(row, dict):
         raise RowError(f"row is not a JSON object (got {_kind(row)})")
+    if "\\u" in raw:  # an escape may decode to a lone surrogate, which is not text
+        _check_unicode(row)
     if fmt in ("messages", "sharegpt"):
         column = fields.messages if fmt == "messages" else fields.conversations
         messages = _messages(row, column, fmt, fields)
@@ -187,6 +189,22 @@ def normalise(raw: str, fmt: str, fields: Fields, system_prompt: str | None) -> 
             messages.insert(0, {"role": "system", "content": system})
     _check_conversation(messages)
     return {"messages": messages}
+
+
+def _check_unicode(value: Any) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            bad = value[err.start : err.end].encode("unicode_escape").decode()
+            raise RowError(f"invalid Unicode: a lone surrogate ({bad})") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key)
+            _check_unicode(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_unicode(item)
 
 
 def _string(row: dict[str, Any], key: str, required: bool = True, allow_empty: bool = False) -> str:

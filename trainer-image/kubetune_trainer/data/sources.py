@@ -125,6 +125,18 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str)
 
 
+def _item(file: str, line: int, item: Any) -> dict[str, Any]:
+    """The raw row of a parsed record; a string holding a lone surrogate (JSON's
+    `"\\ud801"` escape) is not Unicode text and would break the Arrow writer."""
+    raw = _dumps(item)
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = raw[err.start : err.end].encode("unicode_escape").decode()
+        return _row(file, line, error=f"invalid Unicode: a lone surrogate ({bad})")
+    return _row(file, line, raw=raw)
+
+
 CSV_FIELD_LIMIT = 1 << 30
 """csv's default (128 KiB) is shorter than many documents; rows are bounded by memory."""
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -210,7 +222,7 @@ def _json(url: str, handle: IO[bytes], read: _Read) -> Iterator[dict[str, Any]]:
     read.line = 1
     for number, item in enumerate(items, start=1):
         read.rows = read.line = number
-        yield _row(url, number, raw=_dumps(item))
+        yield _item(url, number, item)
 
 
 def _parquet(url: str, handle: IO[bytes], read: _Read) -> Iterator[dict[str, Any]]:
@@ -221,16 +233,18 @@ def _parquet(url: str, handle: IO[bytes], read: _Read) -> Iterator[dict[str, Any
     for batch in pq.ParquetFile(source).iter_batches(batch_size=1024):
         for item in batch.to_pylist():
             read.rows = read.line = read.rows + 1
-            yield _row(url, read.rows, raw=_dumps(item))
+            yield _item(url, read.rows, item)
 
 
 def _csv(url: str, handle: IO[bytes], read: _Read) -> Iterator[dict[str, Any]]:
     def text_lines() -> Iterator[str]:
-        # Decoded line by line, so an encoding error names its exact line.
-        for number, data in enumerate(_lines(handle), start=1):
+        # Decoded line by line, so an encoding error names its exact line. csv wants lines
+        # split at \r, \n and \r\n with their ends kept (what open(newline="") gives).
+        physical = (p for data in _lines(handle) for p in (data + b"\n").splitlines(True))
+        for number, data in enumerate(physical, start=1):
             read.line = number
             try:
-                yield (data.removeprefix(UTF8_BOM) if number == 1 else data).decode() + "\n"
+                yield (data.removeprefix(UTF8_BOM) if number == 1 else data).decode()
             except UnicodeDecodeError as err:
                 raise BadInputError(
                     f"invalid UTF-8 ({err.reason}) at column {err.start + 1}",
@@ -290,7 +304,7 @@ def _iter_hub(source: DataSource) -> Iterator[dict[str, Any]]:
     ds = load_dataset(hf.repo, hf.config, split=hf.split, revision=hf.revision)
     name = f"hf://{hf.repo}@{hf.revision}[{hf.split}]"
     for number, item in enumerate(ds, start=1):
-        yield _row(name, number, raw=_dumps(item))
+        yield _item(name, number, item)
 
 
 def _fingerprint(urls: list[str], fmt: str) -> str:
