@@ -56,9 +56,7 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-text = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40
-).filter(str.strip)
+text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40).filter(str.strip)
 rows_strategy = st.lists(
     st.fixed_dictionaries({"text": text, "note": st.text(max_size=10)}), min_size=1, max_size=12
 )
