@@ -283,6 +283,7 @@ def test_a_store_failing_mid_read_keeps_its_own_verdict(
         (gzip.compress(BIG), lambda s: gzip.GzipFile(fileobj=s).read()),
         (PARQUET, lambda s: pq.ParquetFile(s).read()),
     ):
-        stream = decode.StoreStream(_FlakyStore(data, len(data) // 2, error), "reading s3://b/k")
+        flaky = _FlakyStore(data, len(data) // 2, error)
+        stream = decode.StoreStream(flaky, "reading s3://b/k", "s3://b/k")
         with pytest.raises(verdict, match="reading s3://b/k"):
             opener(stream)

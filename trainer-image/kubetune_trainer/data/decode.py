@@ -70,17 +70,18 @@ class StoreStream(io.RawIOBase):
     (by gzip, pyarrow) can only mean bad bytes. `offset` is how far the store was read.
     """
 
-    def __init__(self, raw: Any, what: str) -> None:
+    def __init__(self, raw: Any, what: str, url: str) -> None:
         super().__init__()
         self._raw = raw
         self._what = what
+        self._url = url
         self.offset = 0
         self.total: int | None = getattr(raw, "size", None)
 
     def _failure(self, err: Exception) -> Exception:
         if isinstance(getattr(err, "exit_code", None), int) or not storage.is_storage_error(err):
             return err
-        return storage.translate(err, self._what)
+        return storage.translate(err, self._what, self._url)
 
     def readable(self) -> bool:
         return True
@@ -187,10 +188,10 @@ def open_bytes(url: str, fmt: str) -> Iterator[Opened]:
     """
     what = f"reading {url}"
     fs, path = storage.filesystem(url)
-    with storage.errors(what):
+    with storage.errors(what, url):
         raw = fs.open(path, "rb")
     with raw:
-        stream = StoreStream(raw, what)
+        stream = StoreStream(raw, what, url)
         codec = compression_of(url)
         if stream.seekable():
             head = stream.read(8)

@@ -91,7 +91,7 @@ def list_files(url: str, forced_format: str = "auto") -> list[str]:
     A zero-byte `prefix/` key in an object store is a "folder" marker, never a data file.
     """
     fs, path = filesystem(url)
-    with store_errors(f"listing the dataset at {url}"):
+    with store_errors(f"listing the dataset at {url}", url):
         if not fs.exists(path):
             raise BadInputError("no such file or directory", file=url)
         if not fs.isdir(path):
@@ -312,7 +312,7 @@ def _fingerprint(urls: list[str], fmt: str) -> str:
     digest = hashlib.sha256(fmt.encode())
     for url in urls:
         fs, path = filesystem(url)
-        with store_errors(f"reading {url}"):
+        with store_errors(f"reading {url}", url):
             info = fs.info(path)
         stamp = {k: info.get(k) for k in ("size", "mtime", "ETag", "etag", "md5Hash", "created")}
         digest.update(_dumps([url, stamp]).encode())
