@@ -160,6 +160,11 @@ def test_killed_trainer_pod_resumes_from_its_checkpoint(
     )
     st = finished(k8s, namespace, "killed")
     assert st["restarts"] == 1 and st["attempt"] == 2
+    # the cause, not the killed process's last log line (a loss dict)
+    events = raw(client.CoreV1Api(k8s).list_namespaced_event, namespace)["items"]
+    restarting = [e["message"] for e in events if e["reason"] == "Restarting"]
+    assert len(restarting) == 1, restarting
+    assert "(rank 0) exited 137 (Error): killed by signal 9 (SIGKILL)" in restarting[0]
     report = Path(st["output"]["report"].replace(f"{c.PVC_ROOT}/kubetune-demo", str(demo_claim)))
     assert resumed_step(report) >= saved > 0
 

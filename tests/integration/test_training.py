@@ -285,6 +285,44 @@ def test_two_processes_through_the_launcher(base: dict[str, Path], tmp_path: Pat
     assert len(raw) <= 4096 and json.loads(raw)["exitCode"] == 0
 
 
+RANK_KILLED = """
+import json, os, signal, sys, time
+rank = int(os.environ["RANK"])
+if rank == 1:
+    time.sleep(2)
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or `kill -9` would
+def preempted(*_):  # what the trainer's rank 0 writes when torchrun stops it with SIGTERM
+    summary = {"exitCode": 6, "reason": "Preempted", "message": "SIGTERM at step 3", "step": 3}
+    open(os.environ["KUBETUNE_TERMINATION_LOG"], "w").write(json.dumps(summary))
+    sys.exit(6)
+signal.signal(signal.SIGTERM, preempted)
+time.sleep(120)
+"""
+
+
+def test_the_launcher_names_a_rank_killed_by_a_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the real `accelerate launch` (torchrun's report of the first failure): rank 1
+    SIGKILLed is the cause, not rank 0's preemption that follows, nor a log line."""
+    from kubetune_trainer.launch import supervise
+
+    script = tmp_path / "worker.py"
+    script.write_text(RANK_KILLED)
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    port = str(29500 + (os.getpid() + 7) % 1000)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--main_process_ip", "127.0.0.1"]
+    command += ["--main_process_port", port, "--multi_gpu", str(script)]
+    code = supervise(command, {"OMP_NUM_THREADS": "1"})
+    summary = TerminationSummary.model_validate_json(log.read_bytes())
+    assert code == ExitCode.RETRYABLE == summary.exit_code
+    assert summary.reason == "Killed"
+    assert summary.message == "rank 1 (local rank 1) killed by signal 9 (SIGKILL)"
+    assert summary.step == 3  # what rank 0 knew is kept
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume(base: dict[str, Path], tmp_path: Path) -> None:
     spec = job(
