@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 SCALE = float(os.environ.get("KUBETUNE_FUZZ_SCALE", "1"))
 SETTINGS = settings(
-    max_examples=int(300 * SCALE),
+    max_examples=int(200 * SCALE),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -148,7 +148,7 @@ def test_validate_names_file_and_line_or_field_for_any_mutation(text: str) -> No
             assert again.model_dump(by_alias=True, exclude_none=True, mode="json") == wire
 
 
-@settings(SETTINGS, max_examples=int(40 * SCALE))
+@settings(SETTINGS, max_examples=int(30 * SCALE))
 @given(mutated_manifests())
 def test_the_cli_answers_every_mutation_with_an_exit_code_not_a_traceback(text: str) -> None:
     err = io.StringIO()

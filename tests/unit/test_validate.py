@@ -75,7 +75,11 @@ YAML_BEYOND_DATA = [
 ]
 
 
-@pytest.mark.parametrize(("head", "line", "says"), YAML_BEYOND_DATA)
+@pytest.mark.parametrize(
+    ("head", "line", "says"),
+    YAML_BEYOND_DATA,
+    ids=["unhashable-key", "python-tag", "alias-loop", "deep-nesting", "control-character"],
+)
 def test_yaml_beyond_plain_data_is_a_problem_with_a_line_not_a_traceback(
     head: str, line: int, says: str
 ) -> None:
