@@ -186,6 +186,7 @@ UNDECODABLE = [
     ("empty.jsonl.gz", gzip.compress(b""), r": the file holds no rows"),
     ("blank.jsonl", b"\n \n\n", r": the file holds no rows, only blank lines"),
     ("header.csv", b"text\n", r": the file has a CSV header but no rows"),
+    ("blank.csv", b"\n\n", r": the file holds no CSV header, only blank lines"),
     ("latin1.csv", "text\nok\ncaf\xe9 au lait\n".encode("latin-1"), r":3: invalid UTF-8"),
     ("lines.json", JSONL, r":2: invalid JSON: Extra data .* name the file \.jsonl"),
     ("cut.json", json.dumps(ROWS).encode()[:-30], r":1: invalid JSON"),

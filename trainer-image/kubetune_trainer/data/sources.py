@@ -179,7 +179,7 @@ _EMPTY = {
     "jsonl": "the file holds no rows, only blank lines",
     "csv": "the file has a CSV header but no rows",
     "json": "the file holds an empty array",
-    "parquet": "the Parquet file holds no rows",
+    "parquet": "the file holds no rows",
 }
 
 
@@ -259,7 +259,7 @@ def _csv(url: str, handle: IO[bytes], read: _Read) -> Iterator[dict[str, Any]]:
     except csv.Error as err:
         raise BadInputError(f"invalid CSV header: {err}", file=url, line=1) from err
     if not header:
-        return
+        raise BadInputError("the file holds no CSV header, only blank lines", file=url)
     while True:
         start = reader.line_num + 1
         try:
