@@ -93,6 +93,11 @@ def job(
     }
 
 
+TORCH_EXTENSIONS = Path(
+    os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions")
+)
+"""Where DeepSpeed compiles its CPU ops on a first run: minutes without a log line, but
+object files appear as it goes."""
 STALL = 240.0
 """Seconds a trainer may go without writing a log line or a file before a test gives up
 (tests.waits: a slow machine only makes runs longer, not silent)."""
@@ -144,7 +149,8 @@ def follow(
     its output directory changed for `stall` seconds; a stalled process is killed."""
 
     def state() -> tuple[object, ...]:
-        return (*(p.stat().st_size if p.exists() else -1 for p in logs), tree_state(output_dir))
+        sizes = (p.stat().st_size if p.exists() else -1 for p in logs)
+        return (*sizes, tree_state(output_dir, TORCH_EXTENSIONS))
 
     try:
         wait_progress(
