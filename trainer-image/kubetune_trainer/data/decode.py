@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .. import storage
+from .errors import BadInputError
 
 COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 """Suffix -> codec. fsspec's own inference misses `.zstd` (it would read zstd as text)."""
@@ -198,7 +199,7 @@ def open_bytes(url: str, fmt: str) -> Iterator[Opened]:
             stream.seek(0)
             problem = _mislabelled(head, codec, fmt)
             if problem:
-                raise _bad(problem, url)
+                raise BadInputError(problem, file=url)
         handle: Any = stream
         if codec == "gzip":
             handle = gzip.GzipFile(fileobj=stream, mode="rb")
@@ -228,12 +229,6 @@ def _mislabelled(head: bytes, codec: str | None, fmt: str) -> str | None:
     if fmt != "parquet" and looks == "Parquet data":
         return f"the file holds Parquet data but is read as {fmt}; name it .parquet"
     return None
-
-
-def _bad(reason: str, url: str, line: int | None = None) -> Exception:
-    from .errors import BadInputError
-
-    return BadInputError(reason, file=url, line=line)
 
 
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (
