@@ -6,6 +6,7 @@ a cluster. Users may not set env vars whose names are reserved here.
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 
 from pydantic import Field
@@ -99,6 +100,20 @@ def classify_exit(code: int) -> ExitCode:
         return ExitCode(code)
     except ValueError:
         return ExitCode.ERROR if code < 128 else ExitCode.RETRYABLE
+
+
+def killed_by(code: int) -> str | None:
+    """ "killed by signal 9 (SIGKILL)" when an exit code says a signal ended the process:
+    128+N from a container runtime or shell, -N from Python's subprocess; else None.
+
+    Such a process wrote no summary, and its last log line (a loss dict, say) says
+    nothing about why it stopped."""
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return None
+    return f"killed by signal {number} ({name})"
 
 
 # --------------------------------------------------------------------------- messages

@@ -238,7 +238,7 @@ def test_wrong_jobs_fail_with_the_cause_and_are_not_retried(
         apply_job(k8s, namespace, manifest)
     problems = []
     for name, _, reason, text in CASES:
-        body = wait_for(k8s, namespace, name, _ended, timeout=120, what="Failed")
+        body = wait_for(k8s, namespace, name, _ended, stall=120, what="Failed")
         st = body["status"]
         failed = condition(body, "Failed")
         if failed.get("reason") != reason or text.lower() not in st.get("message", "").lower():

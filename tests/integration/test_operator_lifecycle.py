@@ -20,6 +20,7 @@ from kubernetes import client
 from kubetune import contract as c
 from tests.fixtures.demo_volume import write_demo_volume
 from tests.integration.harness import (
+    TRAINING_STALL,
     OperatorProcess,
     apply_job,
     condition,
@@ -34,7 +35,6 @@ from tests.localcluster.kube import raw
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples/demo-lora.yaml"
-TRAINING_TIMEOUT = 420
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +76,7 @@ def workloads(api: client.ApiClient, namespace: str, job: str) -> list[str]:
 def finished(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     """Waits for the job to end and returns its status, which must say Succeeded."""
     body = wait_for(
-        api, namespace, name, phase_is("Succeeded", "Failed"), TRAINING_TIMEOUT, "the job to finish"
+        api, namespace, name, phase_is("Succeeded", "Failed"), TRAINING_STALL, "the job to finish"
     )
     st: dict[str, Any] = body["status"]
     assert st["phase"] == "Succeeded", st.get("message")
@@ -107,7 +107,7 @@ def test_demo_example_succeeds_with_a_truthful_status(
         namespace,
         "demo-lora",
         phase_is("Succeeded", "Failed"),
-        TRAINING_TIMEOUT,
+        TRAINING_STALL,
         "the job to finish",
     )
     st = body["status"]
@@ -145,7 +145,7 @@ def test_killed_trainer_pod_resumes_from_its_checkpoint(
         namespace,
         "killed",
         lambda b: ((b.get("status") or {}).get("checkpoints") or {}).get("latestStep", 0) >= 20,
-        TRAINING_TIMEOUT,
+        TRAINING_STALL,
         "a checkpoint",
     )
     saved = body["status"]["checkpoints"]["latestStep"]
@@ -160,6 +160,11 @@ def test_killed_trainer_pod_resumes_from_its_checkpoint(
     )
     st = finished(k8s, namespace, "killed")
     assert st["restarts"] == 1 and st["attempt"] == 2
+    # the cause, not the killed process's last log line (a loss dict)
+    events = raw(client.CoreV1Api(k8s).list_namespaced_event, namespace)["items"]
+    restarting = [e["message"] for e in events if e["reason"] == "Restarting"]
+    assert len(restarting) == 1, restarting
+    assert "(rank 0) exited 137 (Error): killed by signal 9 (SIGKILL)" in restarting[0]
     report = Path(st["output"]["report"].replace(f"{c.PVC_ROOT}/kubetune-demo", str(demo_claim)))
     assert resumed_step(report) >= saved > 0
 
@@ -176,7 +181,7 @@ def test_operator_killed_mid_run_adopts_and_finishes(
     env = {"KUBETUNE_NAMESPACES": namespace}
     first = OperatorProcess(local_cluster.kubeconfig, tmp_path / "op1.log", env).start()
     apply_job(k8s, namespace, demo_job("crash"))
-    wait_for(k8s, namespace, "crash", phase_is("Running"), TRAINING_TIMEOUT, "Running")
+    wait_for(k8s, namespace, "crash", phase_is("Running"), TRAINING_STALL, "Running")
     first.kill()
     second = OperatorProcess(local_cluster.kubeconfig, tmp_path / "op2.log", env).start()
     try:
@@ -185,7 +190,7 @@ def test_operator_killed_mid_run_adopts_and_finishes(
             namespace,
             "crash",
             phase_is("Succeeded", "Failed"),
-            TRAINING_TIMEOUT,
+            TRAINING_STALL,
             "the job to finish",
         )
     finally:
@@ -205,7 +210,7 @@ def test_suspend_then_resume_continues_from_the_checkpoint(
         namespace,
         "pausable",
         lambda b: ((b.get("status") or {}).get("checkpoints") or {}).get("latestStep", 0) >= 20,
-        TRAINING_TIMEOUT,
+        TRAINING_STALL,
         "a checkpoint",
     )
     # from live progress, in the same form the final summary gives
@@ -251,7 +256,7 @@ def test_delete_removes_children_and_keeps_user_claims(
     operator: OperatorProcess, k8s: client.ApiClient, namespace: str, demo_claim: Path
 ) -> None:
     apply_job(k8s, namespace, demo_job("doomed", training={"epochs": 24}))
-    wait_for(k8s, namespace, "doomed", phase_is("Running"), TRAINING_TIMEOUT, "Running")
+    wait_for(k8s, namespace, "doomed", phase_is("Running"), TRAINING_STALL, "Running")
     core, batch = client.CoreV1Api(k8s), client.BatchV1Api(k8s)
     sel = f"{c.LABEL_JOB}=doomed"
     assert raw(core.list_namespaced_config_map, namespace, label_selector=sel)["items"]

@@ -22,15 +22,16 @@ import yaml
 
 from tests.fixtures.demo_volume import write_demo_volume
 from tests.helmtool import CHART, helm, template
-from tests.integration.harness import hostpath_claim, phase_is, wait_for
+from tests.integration.harness import TRAINING_STALL, hostpath_claim, phase_is, wait_for
 from tests.localcluster.cluster import LocalCluster, leftover_processes
+from tests.waits import SAFETY_LIMIT
 
-pytestmark = [pytest.mark.trainer, pytest.mark.slow, pytest.mark.timeout(420)]
+# The training wait follows progress (tests.waits); the timeout only stops a hang elsewhere.
+pytestmark = [pytest.mark.trainer, pytest.mark.slow, pytest.mark.timeout(SAFETY_LIMIT)]
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples/demo-lora.yaml"
 POOLS = ROOT / "tests/localcluster/pools.yaml"
 RELEASE = "kubetune"
-TRAINING_TIMEOUT = 300
 
 # (apiGroup, resource, verb) the chart grants that a short, successful single-node run does
 # not exercise; each is a code path of its own. Everything else granted must show up in the
@@ -172,7 +173,7 @@ def test_demo_succeeds_under_the_charts_rbac_which_is_exactly_what_it_uses(
             jobs_ns,
             "demo-lora",
             phase_is("Succeeded", "Failed"),
-            TRAINING_TIMEOUT,
+            TRAINING_STALL,
             "the job to finish",
         )
     finally:

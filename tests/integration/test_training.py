@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,9 +31,10 @@ import pytest
 
 from kubetune.contract import ExitCode, TerminationSummary
 from kubetune_trainer import checkpoints
-from kubetune_trainer.config import dump_config
+from kubetune_trainer.config import dump_config, load_config
 from kubetune_trainer.testing import make_config, make_plan
 from tests.fixtures.tiny_model import BaseVariant, cached_tiny_base, make_instruction_rows
+from tests.waits import Stalled, tail, tree_state, wait_progress
 
 pytestmark = pytest.mark.trainer
 REPO = Path(__file__).resolve().parents[2]
@@ -91,12 +93,22 @@ def job(
     }
 
 
+TORCH_EXTENSIONS = Path(
+    os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions")
+)
+"""Where DeepSpeed compiles its CPU ops on a first run: minutes without a log line, but
+object files appear as it goes."""
+STALL = 240.0
+"""Seconds a trainer may go without writing a log line or a file before a test gives up
+(tests.waits: a slow machine only makes runs longer, not silent)."""
+
+
 def run_trainer(
     config_path: Path,
     tmp: Path,
     command: str = "train",
     env: dict[str, str] | None = None,
-    timeout: float = 300,
+    stall: float = STALL,
 ) -> tuple[int, Any]:
     log = tmp / "termination-log"
     environment = (
@@ -108,45 +120,78 @@ def run_trainer(
         }
         | (env or {})
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer", command, "--config", str(config_path)],
-        env=environment,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    out, err = tmp / f"{command}.stdout", tmp / f"{command}.stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetune_trainer", command, "--config", str(config_path)],
+            env=environment,
+            cwd=REPO,
+            stdout=stdout,
+            stderr=stderr,
+        )
+        output_dir = Path(load_config(str(config_path)).paths.output_dir)
+        follow(proc, f"kubetune_trainer {command}", [out, err], output_dir, stall)
     summary = TerminationSummary.model_validate_json(log.read_bytes()) if log.exists() else None
     if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-6000:])
+        print(tail(out), tail(err, 6000))
     return proc.returncode, summary
+
+
+def follow(
+    proc: subprocess.Popen[bytes],
+    what: str,
+    logs: list[Path],
+    output_dir: Path,
+    stall: float = STALL,
+    ready: Callable[[], bool] = lambda: False,
+) -> None:
+    """Wait until the process exits (or `ready()`), failing only when neither its logs nor
+    its output directory changed for `stall` seconds; a stalled process is killed."""
+
+    def state() -> tuple[object, ...]:
+        sizes = (p.stat().st_size if p.exists() else -1 for p in logs)
+        return (*sizes, tree_state(output_dir, TORCH_EXTENSIONS))
+
+    try:
+        wait_progress(
+            lambda: proc.poll() is not None or ready(),
+            state,
+            what,
+            stall,
+            describe=lambda seen: f"{seen}\n" + "\n".join(tail(p) for p in logs),
+        )
+    except Stalled:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def start_trainer(
     spec: dict[str, Any], tmp_path: Path
 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """Start `train` for a LoRA job without the baseline (to be signalled mid-run): the
-    process, its config path and its checkpoint root. Its summary goes to tmp_path/log1."""
+    process, its config path and its checkpoint root. Its summary goes to tmp_path/log1,
+    its output to tmp_path/train1.log."""
     spec["spec"]["evaluation"]["compareBaseline"] = False
     cfg = make_config(spec, make_plan("lora", learningRate=3e-3), tmp_path / "out")
     path = dump_config(cfg, tmp_path / "cfg.json")
     env = os.environ | {"KUBETUNE_TERMINATION_LOG": str(tmp_path / "log1"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubetune_trainer", "train", "--config", str(path)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with (tmp_path / "train1.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetune_trainer", "train", "--config", str(path)],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     return proc, path, tmp_path / "out" / "checkpoints"
 
 
 def wait_while_running(
-    proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 240
+    proc: subprocess.Popen[bytes], ready: Callable[[], bool], tmp_path: Path
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None and not ready():
-        time.sleep(0.2)
+    """Until `ready()` or the process of `start_trainer` exits, following its progress."""
+    follow(proc, "kubetune_trainer train", [tmp_path / "train1.log"], tmp_path / "out", ready=ready)
 
 
 METHODS = [
@@ -231,6 +276,31 @@ def test_corrupted_dataset_is_bad_input(base: dict[str, Path], tmp_path: Path) -
     assert len(raw) <= 4096 and json.loads(raw)["exitCode"] == 2
 
 
+UNREADABLE = [
+    # Before: exit 1 and a retry (DatasetGenerationError), and "rows have keys [none]". The
+    # other undecodable files take the parquet case's path (tests/unit/test_data_sources.py).
+    pytest.param("train.parquet", r"train\.parquet: not a Parquet file", id="parquet-not-parquet"),
+    pytest.param("lines.jsonl", r"lines\.jsonl:1: line 1 is not valid JSON", id="not-json-lines"),
+]
+
+
+@pytest.mark.parametrize(("name", "says"), UNREADABLE)
+def test_unreadable_data_exits_bad_input_naming_the_file(
+    base: dict[str, Path], tmp_path: Path, name: str, says: str
+) -> None:
+    """Data whose bytes are not what its name says stops the trainer with BAD_INPUT (never
+    retried) and the file and line, through the whole trainer as a pod runs it."""
+    bad = tmp_path / name
+    text = base["data"].read_bytes()
+    bad.write_bytes(b"question: what is GH-2?\nanswer: the code\n" if "lines" in name else text)
+    spec = job({**base, "data": bad}, "lora", 1)
+    cfg = make_config(spec, make_plan("lora"), tmp_path / "out")
+    code, summary = run_trainer(dump_config(cfg, tmp_path / "cfg.json"), tmp_path)
+    assert code == ExitCode.BAD_INPUT, summary
+    assert summary is not None and summary.reason == "BadInput"
+    assert re.search(says, summary.message), summary.message
+
+
 @pytest.mark.slow
 def test_two_processes_through_the_launcher(base: dict[str, Path], tmp_path: Path) -> None:
     # two ranks of micro-batch 8: the same global batch (16) as the one-process runs
@@ -243,7 +313,6 @@ def test_two_processes_through_the_launcher(base: dict[str, Path], tmp_path: Pat
         tmp_path,
         "launch",
         env={"MASTER_PORT": str(port)},
-        timeout=420,
     )
     assert code == 0, summary
     assert summary is not None and summary.reason == "Completed"
@@ -257,6 +326,44 @@ def test_two_processes_through_the_launcher(base: dict[str, Path], tmp_path: Pat
     assert report["plan"]["gpusPerNode"] == 2 and report["steps"] == summary.step
     raw = (tmp_path / "termination-log").read_bytes()
     assert len(raw) <= 4096 and json.loads(raw)["exitCode"] == 0
+
+
+RANK_KILLED = """
+import json, os, signal, sys, time
+rank = int(os.environ["RANK"])
+if rank == 1:
+    time.sleep(2)
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or `kill -9` would
+def preempted(*_):  # what the trainer's rank 0 writes when torchrun stops it with SIGTERM
+    summary = {"exitCode": 6, "reason": "Preempted", "message": "SIGTERM at step 3", "step": 3}
+    open(os.environ["KUBETUNE_TERMINATION_LOG"], "w").write(json.dumps(summary))
+    sys.exit(6)
+signal.signal(signal.SIGTERM, preempted)
+time.sleep(120)
+"""
+
+
+def test_the_launcher_names_a_rank_killed_by_a_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the real `accelerate launch` (torchrun's report of the first failure): rank 1
+    SIGKILLed is the cause, not rank 0's preemption that follows, nor a log line."""
+    from kubetune_trainer.launch import supervise
+
+    script = tmp_path / "worker.py"
+    script.write_text(RANK_KILLED)
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    port = str(29500 + (os.getpid() + 7) % 1000)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--main_process_ip", "127.0.0.1"]
+    command += ["--main_process_port", port, "--multi_gpu", str(script)]
+    code = supervise(command, {"OMP_NUM_THREADS": "1"})
+    summary = TerminationSummary.model_validate_json(log.read_bytes())
+    assert code == ExitCode.RETRYABLE == summary.exit_code
+    assert summary.reason == "Killed"
+    assert summary.message == "rank 1 (local rank 1) killed by signal 9 (SIGKILL)"
+    assert summary.step == 3  # what rank 0 knew is kept
 
 
 @pytest.mark.slow
@@ -274,7 +381,7 @@ def test_sigkill_then_resume(base: dict[str, Path], tmp_path: Path) -> None:
         done = checkpoints.list_complete(root)
         return bool(done) and done[-1].step >= 8
 
-    wait_while_running(proc, two_checkpoints)
+    wait_while_running(proc, two_checkpoints, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = checkpoints.latest(root)
@@ -305,12 +412,15 @@ def test_sigterm_saves_a_checkpoint_then_resumes(base: dict[str, Path], tmp_path
     # Training has started once TensorBoard has an event file (on_train_begin); let it
     # take a few steps.
     wait_while_running(
-        proc, lambda: any((tmp_path / "out" / "tensorboard").rglob("events.out.tfevents*"))
+        proc,
+        lambda: any((tmp_path / "out" / "tensorboard").rglob("events.out.tfevents*")),
+        tmp_path,
     )
     time.sleep(2)
     assert proc.poll() is None, "the run ended before it could be preempted"
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(120) == ExitCode.PREEMPTED
+    wait_while_running(proc, lambda: False, tmp_path)  # saving a checkpoint, then exiting
+    assert proc.returncode == ExitCode.PREEMPTED
     summary = TerminationSummary.model_validate_json((tmp_path / "log1").read_bytes())
     assert summary.reason == "Preempted"
     saved = checkpoints.latest(root)
@@ -352,7 +462,7 @@ def test_deepspeed_zero_on_cpu(
     out = tmp_path / "out"
     path = dump_config(make_config(spec, plan, out), tmp_path / "cfg.json")
     env = {"MASTER_PORT": str(29500 + (os.getpid() + stage) % 1000)}
-    code, summary = run_trainer(path, tmp_path, "launch", env=env, timeout=600)
+    code, summary = run_trainer(path, tmp_path, "launch", env=env)
     assert code == 0, summary
     assert summary is not None and summary.reason == "Completed"
     final, baseline = summary.evaluation["final"], summary.evaluation["baseline"]
@@ -386,7 +496,7 @@ def test_deepspeed_zero_on_cpu(
     for c in done:
         if c.step > middle.step:
             shutil.rmtree(c.path)
-    code, again = run_trainer(path, tmp_path, "launch", env=env, timeout=600)
+    code, again = run_trainer(path, tmp_path, "launch", env=env)
     assert code == 0 and again is not None, again
     report = json.loads((out / "report.json").read_text())
     assert report["resumedFrom"].endswith(f"checkpoint-{middle.step}")

@@ -27,12 +27,14 @@ from kubetune_trainer.failures import BadInput, Retryable
 class _Hub(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         code: int = self.server.answer  # type: ignore[attr-defined]
+        body: bytes = getattr(self.server, "body", b"{}")
         self.send_response(code)
         if code == 404:
             self.send_header("X-Error-Code", "RepoNotFound")
-        self.send_header("Content-Length", "2")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(b"{}")
+        self.wfile.write(body)
 
     do_HEAD = do_POST = do_GET
 
@@ -138,3 +140,72 @@ def test_push_uses_the_output_token_first(monkeypatch: pytest.MonkeyPatch) -> No
     assert outputs.hub_push_token() == "read"
     monkeypatch.setenv(c.ENV_HF_PUSH_TOKEN, "write")
     assert outputs.hub_push_token() == "write"
+
+
+def _whoami(role: str) -> bytes:
+    """What the Hub's /api/whoami-v2 answers for a user access token of `role`."""
+    token = {"displayName": "ci", "role": role}
+    return json.dumps({"type": "user", "name": "me", "auth": {"accessToken": token}}).encode()
+
+
+PUSH_JOB = {
+    "model": {"path": "/models/base"},
+    "dataset": {"train": {"path": "/data/train.jsonl"}},
+    "output": {"hf": {"repo": "org/tuned", "tokenSecretRef": {"name": "hub-write"}}},
+}
+
+
+@pytest.mark.parametrize(
+    ("answer", "role", "expected", "says"),
+    [
+        (200, "write", None, ""),
+        (200, "read", BadInput, "Secret 'hub-write' .* is read-only; pushing to org/tuned needs"),
+        (401, "", BadInput, "spec.output.hf: checking the token in Secret 'hub-write'"),
+        (503, "", Retryable, "cannot reach the Hub"),
+    ],
+)
+def test_the_push_token_is_checked_before_training(
+    hub: http.server.ThreadingHTTPServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: int,
+    role: str,
+    expected: type[Exception] | None,
+    says: str,
+) -> None:
+    """Before, a read-only or refused token showed only when pushing, after training."""
+    from kubetune.api.spec import FineTuneJobSpec
+    from kubetune_trainer import outputs
+
+    hub.answer, hub.body = answer, _whoami(role)  # type: ignore[attr-defined]
+    monkeypatch.setenv(c.ENV_HF_PUSH_TOKEN, "hf_x")
+    spec = FineTuneJobSpec.model_validate(PUSH_JOB)
+    if expected is None:
+        outputs.check_destinations(spec, tmp_path / "out")
+        assert (tmp_path / "out").is_dir() and not list((tmp_path / "out").iterdir())
+        return
+    with pytest.raises(expected, match=says):
+        outputs.check_destinations(spec, tmp_path / "out")
+
+
+def test_no_push_token_is_bad_input_without_asking_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubetune.api.spec import FineTuneJobSpec
+    from kubetune_trainer import outputs
+
+    monkeypatch.delenv(c.ENV_HF_PUSH_TOKEN, raising=False)
+    monkeypatch.delenv(c.ENV_HF_TOKEN, raising=False)
+    job = {**PUSH_JOB, "output": {"hf": {"repo": "org/tuned"}}}
+    with pytest.raises(BadInput, match=r"set spec\.output\.hf\.tokenSecretRef"):
+        outputs.check_destinations(FineTuneJobSpec.model_validate(job), tmp_path)
+
+
+def test_an_unwritable_output_directory_is_bad_input_naming_the_claim(tmp_path: Path) -> None:
+    from kubetune.api.spec import FineTuneJobSpec
+    from kubetune_trainer import outputs
+
+    (tmp_path / "claim").write_text("a file where the claim's directory should be")
+    job = {**PUSH_JOB, "output": {"pvc": {"claimName": "results", "path": "runs/a"}}}
+    with pytest.raises(BadInput, match=r"spec.output.pvc \(claim results, path runs/a\): cannot"):
+        outputs.check_destinations(FineTuneJobSpec.model_validate(job), tmp_path / "claim" / "a")

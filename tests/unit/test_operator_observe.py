@@ -73,6 +73,19 @@ def test_image_pull_backoff_is_stuck() -> None:
     assert (seen.state, seen.reason) == ("stuck", "ImagePullBackOff")
 
 
+def test_a_rank_killed_by_a_signal_says_so_not_its_last_log_line() -> None:
+    """A SIGKILLed trainer writes no summary; with FallbackToLogsOnError the message is
+    the log's tail (a loss dict), which the status used to show as the cause."""
+    tail = "{'loss': '1.467', 'grad_norm': '0.82', 'learning_rate': '0.0002', 'epoch': '0.4'}"
+    seen = observe(job(), [pod(0), pod(1, "Failed", **terminated(137, message=tail))])
+    assert seen.state == "failed" and seen.exit_code == ExitCode.RETRYABLE
+    assert seen.message == "pod tiny-a1-1 (rank 1) exited 137 (Error): killed by signal 9 (SIGKILL)"
+    # a summary, when the trainer wrote one, still wins over the exit code
+    summary = json.dumps({"exitCode": 6, "reason": "Preempted", "message": "SIGTERM at step 7"})
+    seen = observe(job(), [pod(0, "Failed", **terminated(143, message=summary))])
+    assert seen.message.endswith(": SIGTERM at step 7") and seen.reason == "Preempted"
+
+
 def test_success_reads_rank0_summary() -> None:
     summary = json.dumps({"reason": "Completed", "step": 40, "checkpoint": "/o/ckpt-40"})
     seen = observe(

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from kubetune import contract as c
 from kubetune.api.spec import ModelSpec
 
+from . import storage
 from .failures import BadInput, Retryable
 from .model_source import describe, resolve
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, yaml.YAMLError) as exc:
         _write(json.dumps({"reason": "BadInput", "message": f"spec.model: {exc}"}))
         return int(c.ExitCode.BAD_INPUT)
+    storage.use_credentials(s for s in (model.s3, model.gcs) if s is not None)
     try:
         local = resolve(model, c.SCRATCH_DIR, files=["config.json"])
         raw = json.loads((local / "config.json").read_text())

@@ -112,5 +112,5 @@ def _from_store(model: ModelSource, target: Path, files: list[str] | None) -> Pa
     store = model.s3 or model.gcs
     assert store is not None
     fs, root = storage.filesystem(store.uri)
-    with storage.errors(describe(model)):
+    with storage.errors(describe(model), store.uri):
         return storage.download_dir(fs, root, target, files)

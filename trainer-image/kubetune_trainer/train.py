@@ -1,7 +1,7 @@
 """Fine-tune one FineTuneJob on this process's rank: `python -m kubetune_trainer train --config F`.
 
-The recipe reads top to bottom: validate (in __init__) → setup (seed, model files,
-tokenizer, data, model, baseline, trainer) → train (resuming from the newest complete
+The recipe reads top to bottom: validate (in __init__) → setup (outputs writable, seed,
+model files, tokenizer, data, model, baseline, trainer) → train (resuming from the newest complete
 checkpoint) → save (adapter or model, merged weights) → evaluate (tuned vs baseline,
 forgetting, overfitting, loss curve, report, model card) → publish (object store, Hub).
 Every exit, good or bad, leaves a TerminationSummary in the termination log.
@@ -22,7 +22,7 @@ from typing import Any
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.contract import ExitCode, TerminationSummary
 
-from . import checkpoints, evaluation, outputs, plots
+from . import checkpoints, evaluation, outputs, plots, storage
 from .config import RunPaths, load_config
 from .distributed import Rank
 from .failures import BadInput, Preempted, classify
@@ -103,6 +103,7 @@ class FineTuneRecipe:
         self.preemption = preemption
         self.rank = Rank.from_env()
         self.paths = RunPaths.of(config)
+        storage.use_credentials(self.spec.object_stores())
         cuda = torch.cuda.is_available()
         self.hardware = Hardware(cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported())
         # Validate before anything expensive: a bad combination fails in a second.
@@ -138,9 +139,13 @@ class FineTuneRecipe:
         from accelerate import PartialState
         from transformers import AutoTokenizer, set_seed
 
-        # 1. Seed python, numpy and torch (the Trainer reseeds its data order from it).
+        # 1. Every output destination writable: a wrong bucket or a read-only token fails
+        #    now, not after hours of training (the operator already checked what it can).
+        if self.rank.is_main:
+            outputs.check_destinations(self.spec, self.paths.root)
+        # 2. Seed python, numpy and torch (the Trainer reseeds its data order from it).
         set_seed(self.spec.training.seed)
-        # 2. Training arguments; building them joins the process group (gloo on CPU,
+        # 3. Training arguments; building them joins the process group (gloo on CPU,
         #    NCCL on GPU), after which ranks can wait for each other.
         self.args = self._training_args()
         self.state = PartialState()
@@ -153,7 +158,7 @@ class FineTuneRecipe:
             import deepspeed
 
             deepspeed.init_distributed(dist_backend="gloo")
-        # 3. Base model files, and the tokenizer from them.
+        # 4. Base model files, and the tokenizer from them.
         from .models import resolve_model_dir
 
         with self.state.local_main_process_first():
@@ -166,13 +171,13 @@ class FineTuneRecipe:
             )
         except (OSError, ValueError) as err:
             raise BadInput(f"cannot load the tokenizer from {self.model_dir}: {err}") from err
-        # 4. Data: the pipeline runs once per node; the other ranks load its output.
+        # 5. Data: the pipeline runs once per node; the other ranks load its output.
         self.splits = self._prepare_data()
-        # 5. The model, loaded the way the method needs (4-bit for QLoRA), SDPA attention.
+        # 6. The model, loaded the way the method needs (4-bit for QLoRA), SDPA attention.
         self.model = self._load_model()
-        # 6. The base model's scores (before any adapter), kept across resumes.
+        # 7. The base model's scores (before any adapter), kept across resumes.
         self._baseline()
-        # 7. The Trainer, wrapping the model in the method's PEFT config.
+        # 8. The Trainer, wrapping the model in the method's PEFT config.
         self.trainer = self._build_trainer()
 
     def _prepare_data(self) -> Any:

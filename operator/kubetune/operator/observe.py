@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from kubetune.contract import ExitCode, TerminationSummary, classify_exit
+from kubetune.contract import ExitCode, TerminationSummary, classify_exit, killed_by
 
 State = Literal[
     "absent",  # no workload for this attempt
@@ -126,9 +126,13 @@ def _failure(pods: list[dict[str, Any]]) -> Observation | None:
         summary = parse_summary((term or {}).get("message"))
         kind = ExitCode.OOM if reason == "OOMKilled" else classify_exit(code)
         msg = summary.message if summary and summary.message else (term or {}).get("message", "")
+        # Killed without a summary: the message is the log's tail, not the cause.
+        killed = killed_by(code) if summary is None else None
         name = pod["metadata"]["name"]
         text = f"pod {name} (rank {_index(pod)}) exited {code} ({reason})"
-        if msg:
+        if killed:
+            text += f": {killed}"
+        elif msg:
             text += f": {str(msg).strip().splitlines()[-1][:300]}"
         failed.append(
             Observation(
