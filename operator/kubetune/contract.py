@@ -11,6 +11,7 @@ from enum import IntEnum
 from pydantic import Field
 
 from .api.base import ApiModel
+from .api.status import CheckpointStatus, EvaluationStatus, OutputStatus, Progress
 
 # --------------------------------------------------------------------------- env
 ENV_CONFIG = "KUBETUNE_CONFIG"  # path of the resolved TrainerConfig (YAML)
@@ -105,7 +106,10 @@ def classify_exit(code: int) -> ExitCode:
 class TerminationSummary(ApiModel):
     """What the trainer writes to its termination log (under 4 KiB) at exit.
 
-    The operator copies it into status; the full report lives next to the checkpoints.
+    Typed with the status's own models: the operator copies `progress`, `checkpoints`,
+    `evaluation` and `output` into `status` as they are, so every key the trainer emits
+    is one the CRD schema keeps (a real API server prunes unknown ones). The full report
+    lives next to the checkpoints.
     """
 
     version: int = 1
@@ -115,37 +119,32 @@ class TerminationSummary(ApiModel):
     message: str = ""
     """One line for humans; for bad input it names the file and line."""
     step: int | None = None
+    """Optimizer steps done when the run stopped."""
     total_steps: int | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
-    """Final training figures (train loss, runtime, tokens/s, peak memory GiB)."""
-    evaluation: dict[str, dict[str, float] | bool | None] = Field(default_factory=dict)
-    """baseline/final metric maps, forgetting figures, passed."""
-    checkpoint: str | None = None
-    """Newest complete checkpoint."""
-    best_checkpoint: str | None = None
-    output: dict[str, str] = Field(default_factory=dict)
-    """adapter, merged, report, dataReport, lossCurve, modelCard paths."""
+    progress: Progress | None = None
+    """The last progress figures (status.progress at the end of the run)."""
+    checkpoints: CheckpointStatus | None = None
+    """Newest complete and best checkpoint (status.checkpoints)."""
+    evaluation: EvaluationStatus | None = None
+    """Baseline vs tuned, the forgetting verdict and the gate (status.evaluation)."""
+    output: OutputStatus | None = None
+    """Where the results are (status.output)."""
     data: dict[str, int] = Field(default_factory=dict)
-    """The data report's counts."""
+    """The data report's counts (status.data)."""
 
 
-class ProgressReport(ApiModel):
-    """What rank 0 posts to the operator every few seconds."""
+class ProgressReport(Progress):
+    """What rank 0 posts to the operator every few seconds: status.progress plus whose
+    it is, its newest checkpoint and whether it is training or evaluating."""
 
     namespace: str
     name: str
     attempt: int = 0
-    step: int = 0
-    total_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
-    learning_rate: float | None = None
-    grad_norm: float | None = None
-    tokens_per_second: float | None = None
-    eta_seconds: float | None = None
-    percent: float | None = None
-    peak_memory_gi_b: float | None = Field(default=None, alias="peakMemoryGiB")
     checkpoint: str | None = None
     checkpoint_step: int | None = None
     phase: str | None = None
     """`training` or `evaluating`."""
+
+    def progress(self) -> Progress:
+        """The status.progress part of the report."""
+        return Progress.model_validate(self.model_dump(include=set(Progress.model_fields)))

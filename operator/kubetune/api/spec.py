@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
+from ..capabilities import CAPABILITIES, UNMERGEABLE
 from .base import ApiModel, with_cel
 from .common import (
     URI_RULES,
@@ -269,7 +270,7 @@ class TrainingSpec(ApiModel):
     epochs: Annotated[float, Field(gt=0, le=100)] = 3
     """Passes over the training data."""
     learning_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
-    """Peak learning rate; default 2e-4 for LoRA/QLoRA, 2e-5 for full, 3e-2 for prompt tuning."""
+    """Peak learning rate; unset takes the method's default (docs/planner.md, Methods)."""
     lr_scheduler: Literal[
         "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts"
     ] = "cosine"
@@ -462,10 +463,11 @@ class OutputSpec(ApiModel):
         return self
 
 
-VIRTUAL_TOKEN_METHODS = ("prompt-tuning", "prefix-tuning")
+VIRTUAL_TOKEN_METHODS = UNMERGEABLE
+_MERGEABLE = [n for n, c in CAPABILITIES.items() if c.mergeable and not c.trains_base_weights]
 MERGE_VIRTUAL_TOKENS = (
-    "output.mergeAdapter needs an adapter that merges into the weights (lora, qlora, ia3):"
-    " prompt-tuning and prefix-tuning add virtual tokens, which have no merged form"
+    f"output.mergeAdapter needs an adapter that merges into the weights ({', '.join(_MERGEABLE)}):"
+    f" {' and '.join(UNMERGEABLE)} add virtual tokens, which have no merged form"
 )
 """Refused up front: PEFT's merge_and_unload only exists for weight adapters, and finding
 out after training would fail the job at its very end."""
@@ -530,7 +532,8 @@ class FineTuneJobSpec(ApiModel):
         },
         {
             "rule": "!has(self.output) || !has(self.output.mergeAdapter)"
-            " || !self.output.mergeAdapter || !(self.method in ['prompt-tuning', 'prefix-tuning'])",
+            " || !self.output.mergeAdapter || !(self.method in"
+            f" {list(UNMERGEABLE)})",
             "message": MERGE_VIRTUAL_TOKENS,
             "fieldPath": ".output.mergeAdapter",
         },

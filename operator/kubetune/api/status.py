@@ -208,9 +208,11 @@ class OutputStatus(ApiModel):
     """Where the results are."""
 
     adapter: str | None = None
-    """Adapter (or full model) directory."""
+    """Adapter directory (parameter-efficient methods)."""
+    model: str | None = None
+    """Model directory (full fine-tuning)."""
     merged: str | None = None
-    """Merged model directory."""
+    """Merged model directory (output.mergeAdapter)."""
     report: str | None = None
     """Training report JSON."""
     data_report: str | None = None
@@ -219,8 +221,10 @@ class OutputStatus(ApiModel):
     """Loss curve PNG."""
     model_card: str | None = None
     """README.md model card."""
-    uris: list[str] = Field(default_factory=list)
-    """Copies pushed to object stores or the Hub."""
+    object_store: str | None = None
+    """The copy of the final outputs in S3 or GCS (its URI)."""
+    hub: str | None = None
+    """The Hugging Face Hub repository the model was pushed to (its URL)."""
 
 
 class FineTuneJobStatus(ApiModel):

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from kubetune import contract as c
 from kubetune.api import API_VERSION, KIND
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.api.status import Plan
+from kubetune.api.status import CheckpointStatus, Plan, Progress
 from kubetune.api.validate import problems_from_error
 from kubetune.contract import ExitCode
 from kubetune.planner import (
@@ -546,16 +546,11 @@ class Reconciler:
         interval = self.settings.progress_interval_seconds
         if not self.progress.due(meta.namespace, meta.name, interval):
             return
-        progress = report.model_dump(
-            by_alias=True,
-            exclude_none=True,
-            mode="json",
-            exclude={"namespace", "name", "attempt", "checkpoint", "checkpoint_step", "phase"},
-        )
-        progress["updatedAt"] = _ts(ctx.now)
-        if "percent" in progress:  # shown by `kubectl get ftj`
-            progress["percent"] = round(progress["percent"], 1)
-        ctx.status["progress"] = progress
+        progress = report.progress()
+        progress.updated_at = _ts(ctx.now)
+        if progress.percent is not None:  # shown by `kubectl get ftj`
+            progress.percent = round(progress.percent, 1)
+        ctx.status["progress"] = progress.to_k8s()
         if report.checkpoint:
             ckpt = dict(ctx.status.get("checkpoints") or {})
             ckpt.update({"latest": report.checkpoint, "latestStep": report.checkpoint_step})
@@ -694,61 +689,33 @@ def _fatal_reason(seen: Observation) -> str:
 
 
 def _apply_summary(st: dict[str, Any], summary: c.TerminationSummary, final: bool = True) -> None:
-    """Copies the trainer's termination summary into status fields."""
-    if summary.checkpoint:
-        ckpt = dict(st.get("checkpoints") or {})
-        ckpt["latest"] = summary.checkpoint
-        if summary.step is not None:
-            ckpt["latestStep"] = summary.step
-        if summary.best_checkpoint:
-            ckpt["best"] = summary.best_checkpoint
-        st["checkpoints"] = ckpt
+    """Copies the trainer's termination summary into status: its parts are the status's
+    own models, written as they are (dumped by alias), never re-keyed by hand."""
+    if summary.checkpoints is not None:
+        known = CheckpointStatus.model_validate(st.get("checkpoints") or {})
+        st["checkpoints"] = known.model_copy(
+            update=summary.checkpoints.model_dump(exclude_none=True)
+        ).to_k8s()
     if summary.data:
         st["data"] = dict(summary.data)
     if not final:
         return
-    progress = dict(st.get("progress") or {})
-    if summary.step is not None:
-        progress["step"] = summary.step
-    if summary.total_steps is not None:
-        progress["totalSteps"] = summary.total_steps
-    progress["percent"] = 100.0
-    progress["etaSeconds"] = 0
-    for key, target in (
-        ("train_loss", "loss"),
-        ("tokens_per_second", "tokensPerSecond"),
-        ("peak_memory_gib", "peakMemoryGiB"),
-    ):
-        # The live figures win: train_loss is the mean over the run, not the last loss.
-        if key in summary.metrics and target not in progress:
-            progress[target] = summary.metrics[key]
-    st["progress"] = progress
-    ev = summary.evaluation
-    evaluation: dict[str, Any] = {}
-    for key in ("baseline", "final"):
-        val = ev.get(key)
-        if isinstance(val, dict):
-            evaluation[key] = {_camel(k): v for k, v in val.items() if v is not None}
-    forgetting = ev.get("forgetting")
-    if isinstance(forgetting, dict) and forgetting:
-        f = {_camel(k): v for k, v in forgetting.items()}
-        if "passed" not in f and {"increasePercent", "limitPercent"} <= f.keys():
-            f["passed"] = f["increasePercent"] <= f["limitPercent"]
-        evaluation["forgetting"] = f
-    if isinstance(ev.get("passed"), bool):
-        evaluation["passed"] = ev["passed"]
-    if evaluation:
-        st["evaluation"] = evaluation
-    if summary.output:
-        st["output"] = {_camel(k): v for k, v in summary.output.items()}
-
-
-def _camel(key: str) -> str:
-    special = {"rouge_l": "rougeL", "peak_memory_gib": "peakMemoryGiB"}
-    if key in special:
-        return special[key]
-    head, *rest = key.split("_")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+    live = Progress.model_validate(st.get("progress") or {})
+    last = summary.progress or live
+    done = last.model_copy(
+        update={
+            "updated_at": live.updated_at,
+            "step": summary.step if summary.step is not None else last.step,
+            "total_steps": summary.total_steps or last.total_steps,
+            "percent": 100.0,
+            "eta_seconds": 0.0,
+        }
+    )
+    st["progress"] = done.to_k8s()
+    if summary.evaluation is not None:
+        st["evaluation"] = summary.evaluation.to_k8s()
+    if summary.output is not None:
+        st["output"] = summary.output.to_k8s()
 
 
 def _eval_message(ev: dict[str, Any]) -> str:
@@ -769,7 +736,8 @@ def _eval_message(ev: dict[str, Any]) -> str:
 
 def _success_message(st: dict[str, Any]) -> str:
     ev = _eval_message(st.get("evaluation") or {})
-    out = (st.get("output") or {}).get("adapter")
+    output = st.get("output") or {}
+    out = output.get("adapter") or output.get("model")
     msg = "training finished"
     if ev:
         msg += f"; {ev}"

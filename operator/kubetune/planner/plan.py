@@ -60,6 +60,7 @@ def plan(
         )
     methods: list[str] = auto_methods(dataset_size) if spec.method == "auto" else [spec.method]
     _check_targets(spec, a, methods)
+    _check_capabilities(spec, methods)
     reasons: list[str] = []
     if spec.method == "auto":
         reasons.append(_auto_reason(dataset_size))
@@ -97,6 +98,19 @@ def _check_targets(spec: FineTuneJobSpec, arch: Arch, methods: list[str]) -> Non
             f"spec.lora.targetModules: {', '.join(unknown)} match no linear layer of this"
             f" {arch.model_type} model (its linears: {', '.join(known)}, or all-linear)"
         )
+
+
+def _check_capabilities(spec: FineTuneJobSpec, methods: list[str]) -> None:
+    """Options the spec sets explicitly that the method cannot honour are refused, never
+    silently dropped by the trainer."""
+    for name in methods:
+        cap = policy(name).capability
+        if spec.training.gradient_checkpointing and not cap.gradient_checkpointing:
+            raise PlanRefused(
+                f"spec.training.gradientCheckpointing: {name} cannot recompute activations"
+                " (its virtual tokens live in the attention cache); remove the field or set"
+                " it to false"
+            )
 
 
 def _model_name(spec: FineTuneJobSpec) -> str:
@@ -275,7 +289,15 @@ def _layout_reason(req: Request, fit: Fit) -> str:
     label = fit.strategy.label(n)
     if fit.strategy.stage == 0:
         return f"{label}: model states fit on each GPU unsharded"
-    return f"{label}: the least sharding that fits on {n} GPUs"
+    reason = f"{label}: the least sharding that fits on {n} GPUs"
+    if req.policy.capability.quantised_base:
+        whole = req.policy.frozen_weight_bytes(req.arch, req.spec, 2) / cal.GiB
+        reason += (
+            f"; the 4-bit weights are stored as {fit.precision} (bnb_4bit_quant_storage) so"
+            f" DeepSpeed can shard them, and each rank holds the whole 4-bit base"
+            f" ({whole:.1f} GiB) while it loads"
+        )
+    return reason
 
 
 def _ckpt_reason(req: Request, fit: Fit) -> str:

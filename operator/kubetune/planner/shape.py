@@ -90,6 +90,7 @@ class Request:
             lora_rank=lora.r if lora else 16,
             lora_dropout=(lora.dropout if lora else 0.05) > 0,
             extra_tokens=self.policy.extra_tokens(self.spec),
+            quantised=self.policy.capability.quantised_base,
         )
 
     def step_seconds(self, shape: Shape, checkpointing: bool) -> float:
@@ -240,6 +241,8 @@ def try_shape(req: Request, shape: Shape, offload: bool) -> Fit | Miss:
         if spec.training.gradient_checkpointing is None
         else [spec.training.gradient_checkpointing]
     )
+    if not req.policy.capability.gradient_checkpointing:
+        ckpt_options = [False]
     strategies = [s for s in req.policy.strategies(ranks) if (s.offload != "none") == offload]
     if not strategies:
         return Miss(shape, "no CPU-offload layout for this method" if offload else "no layout")
