@@ -67,6 +67,10 @@ class Architecture(ApiModel):
     """Mixture-of-experts: experts per layer."""
     num_experts_per_token: Annotated[int, Field(gt=0)] | None = None
     """Mixture-of-experts: experts routed per token."""
+    moe_intermediate_size: Annotated[int, Field(gt=0)] | None = None
+    """Mixture-of-experts: each expert's MLP width, when it differs from intermediateSize."""
+    shared_expert_intermediate_size: Annotated[int, Field(gt=0)] | None = None
+    """Mixture-of-experts: the always-active shared expert's MLP width (Qwen-MoE)."""
     model_type: Annotated[str, StringConstraints(max_length=64)] | None = None
     """`model_type` from config.json (e.g. `llama`), used to resolve `all-linear` targets."""
 
@@ -378,7 +382,9 @@ class ResourcesSpec(ApiModel):
     gpu_type: Annotated[str, StringConstraints(min_length=1, max_length=128)] = Field(
         default="auto", alias="gpuType"
     )
-    """GPU product from the node pools (e.g. `H100-80GB`), or `auto` for the cheapest fit."""
+    """The GPU to use, or `auto` for the cheapest fit: a pool's GPU product name
+    (`NVIDIA-L4`), a short form of it that starts with the model (`L4`, `H100-80GB`; case
+    and `NVIDIA-` do not matter, and `L4` never means `L40S`), or a pool's name."""
     min_gpus: Annotated[int, Field(ge=1, le=4096)] = Field(default=1, alias="minGPUs")
     """Fewest GPUs to use in total."""
     max_gpus: Annotated[int, Field(ge=1, le=4096)] | None = Field(default=None, alias="maxGPUs")

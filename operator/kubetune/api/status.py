@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import ApiModel
+from .spec import Architecture, Toleration
 
 Phase = Literal[
     "Pending", "Planning", "Queued", "Running", "Evaluating", "Succeeded", "Failed", "Suspended"
@@ -71,6 +72,11 @@ class Plan(ApiModel):
     """DeepSpeed CPU offload."""
     pool: str
     """Node pool chosen."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """The chosen pool's node labels: the trainer pods select them (with
+    spec.resources.nodeSelector), so launching needs no second look at the pools."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations for the chosen pool's taints (with spec.resources.tolerations)."""
     gpu_type: str = Field(alias="gpuType")
     """GPU product of that pool."""
     gpu_memory_gi_b: float = Field(alias="gpuMemoryGiB")
@@ -97,6 +103,9 @@ class Plan(ApiModel):
     """Tokens per sequence."""
     parameters: int
     """Total parameters of the base model."""
+    architecture: Architecture | None = None
+    """The model shape planned from (config.json or spec.model.architecture); a re-plan
+    (after running out of memory) starts from it."""
     trainable_parameters: int
     """Parameters that receive gradients."""
     predicted_peak_gi_b: float = Field(alias="predictedPeakGiB")
@@ -115,6 +124,11 @@ class Plan(ApiModel):
     """The field's rules of thumb that apply to this job."""
     alternatives: list[Alternative] = Field(default_factory=list)
     """What was rejected and why."""
+    dataset_rows: int | None = None
+    """Training examples counted before planning (a lower bound when counting stopped
+    early); unset when unknown. `auto` and the small-data warnings use it."""
+    dataset_tokens: int | None = None
+    """Training tokens estimated before planning (characters / 4), when known."""
 
 
 class Progress(ApiModel):

@@ -32,6 +32,7 @@ from kubetune.contract import ExitCode
 from kubetune.planner import (
     Arch,
     ArchitectureError,
+    DatasetSize,
     NodePool,
     PlanRefused,
     PoolConfigError,
@@ -284,13 +285,14 @@ class Reconciler:
             return
         if st.get("phase") != "Planning":
             ctx.phase("Planning", "Planning", "reading the model's shape and planning")
-        arch = self._architecture(ctx, spec)
-        if arch is None:
+        inputs = self._inputs(ctx, spec)
+        if inputs is None:
             ctx.again(2.0)
             raise Stop
+        arch, size = inputs
         try:
             pools = self._pools()
-            chosen = plan(spec, arch, pools)
+            chosen = plan(spec, arch, pools, size)
         except (PlanRefused, PoolConfigError) as exc:
             ctx.condition("Planned", False, "NothingFits", str(exc))
             self._fail(ctx, "NothingFits", str(exc))
@@ -309,16 +311,22 @@ class Reconciler:
         ctx.body["status"] = copy.deepcopy(st)
         ctx.events.clear()
 
-    def _architecture(self, ctx: Ctx, spec: FineTuneJobSpec) -> Arch | None:
-        """The model's shape: the spec's override, else config.json read by a probe pod."""
+    def _inputs(self, ctx: Ctx, spec: FineTuneJobSpec) -> tuple[Arch, DatasetSize | None] | None:
+        """The model's shape and the training data's size. The shape is the spec's
+        architecture, else config.json read by a probe pod; the probe also counts the
+        data, and runs for `method: auto` even with an architecture (the size picks the
+        method there). None while the probe runs."""
         name = spec.model.hf.repo if spec.model.hf else "model"
+        arch: Arch | None = None
         if spec.model.architecture is not None:
             try:
-                return from_spec(spec.model.architecture, name=name)
+                arch = from_spec(spec.model.architecture, name=name)
             except ArchitectureError as exc:
                 self._fail(
                     ctx, "ModelConfigInvalid", f"spec.model.architecture: {exc}", valid=False
                 )
+            if spec.method != "auto":
+                return arch, None
         meta = ctx.meta
         probe = manifests.model_probe(meta, spec, self.settings)
         pod = self.kube.get_pod(meta.namespace, probe["metadata"]["name"])
@@ -330,13 +338,18 @@ class Reconciler:
         if phase == "Succeeded" and term is not None:
             self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             try:
-                return from_config(json.loads(term.get("message") or ""), name=name)
+                config, size, why = _probe_result(term.get("message") or "")
+                if arch is None:
+                    arch = from_config(config or {}, name=name)
             except (ValueError, ArchitectureError) as exc:
                 self._fail(
                     ctx,
                     "ModelConfigUnreadable",
                     f"spec.model: config.json is not a model config: {exc}",
                 )
+            if why:
+                ctx.event("Normal", "DatasetNotCounted", f"spec.dataset.train: {why}")
+            return arch, size
         if phase == "Failed":
             summary = parse_summary((term or {}).get("message"))
             detail = summary.message if summary else (term or {}).get("message") or phase
@@ -397,28 +410,12 @@ class Reconciler:
         # Configured pools win: they carry costs and curated selectors.
         return merge_pools(configured, discovered)
 
-    def _placement(self, plan_: Plan) -> manifests.Placement:
-        for pool in self._pools():
-            if pool.name == plan_.pool:
-                return manifests.Placement(
-                    node_selector=dict(pool.node_selector),
-                    tolerations=[t.to_k8s() for t in pool.tolerations],
-                )
-        return manifests.Placement()
-
     # ------------------------------------------------------------------ launching
     def _launch(self, ctx: Ctx, spec: FineTuneJobSpec, attempt: int) -> None:
         meta = ctx.meta
         plan_ = Plan.model_validate(ctx.status["plan"])
-        objects = [manifests.headless_service(meta, self.settings)]
-        claim = manifests.output_claim(meta, spec)
-        if claim is not None:
-            objects.append(claim)
-        objects.append(manifests.config_map(meta, spec, plan_, self.settings, attempt))
-        objects.append(
-            manifests.trainer_job(meta, spec, plan_, self._placement(plan_), self.settings, attempt)
-        )
-        for obj in objects:
+        self._check_shared_output(ctx, spec, plan_)
+        for obj in manifests.launch_objects(meta, spec, plan_, self.settings, attempt):
             self.kube.create(obj)
         st = ctx.status
         first = not st.get("startTime")
@@ -434,6 +431,26 @@ class Reconciler:
             )
         ctx.phase("Pending", "Launched", f"Job {name} created; waiting for its pods")
         ctx.again(2.0)
+
+    def _check_shared_output(self, ctx: Ctx, spec: FineTuneJobSpec, plan_: Plan) -> None:
+        """Every node of a multi-node plan writes checkpoints (each rank its ZeRO shards) to
+        the output claim: one that only one node can mount would leave the others stuck
+        attaching it, so such a job fails before anything is created."""
+        out = spec.output.pvc if spec.output else None
+        if plan_.nodes < 2 or out is None:
+            return  # no claim: the planner warned that outputs stay in the pods
+        claim = self.kube.get_claim(ctx.meta.namespace, out.claim_name)
+        modes = ((claim or {}).get("spec") or {}).get("accessModes") or []
+        if claim is None or manifests.SHARED_ACCESS in modes:
+            return  # created now as ReadWriteMany, or a missing claim the scheduler reports
+        self._fail(
+            ctx,
+            "OutputClaimNotShared",
+            f"spec.output.pvc.claimName: the plan runs on {plan_.nodes} nodes, which all write"
+            f" checkpoints to claim {out.claim_name}, but it is {', '.join(modes)}: only one"
+            " node can mount it. Use a ReadWriteMany claim (NFS, CephFS, EFS, Filestore,"
+            " Azure Files) or set spec.resources.maxNodes: 1",
+        )
 
     # ------------------------------------------------------------------ supervising
     def _supervise(self, ctx: Ctx, spec: FineTuneJobSpec) -> None:
@@ -653,15 +670,16 @@ class Reconciler:
             change = "gradient checkpointing on"
         elif spec.method == "auto" and old.method == "lora":
             retry = spec.model_copy(update={"method": "qlora"})
-            # The probed config.json is not kept; the plan's parameter count is enough
-            # for a QLoRA re-plan when the spec gives no architecture.
-            arch = (
-                from_spec(spec.model.architecture)
-                if spec.model.architecture is not None
-                else rough_arch(old.parameters)
+            # The shape the first plan used (probed from config.json) is on the plan.
+            shape = old.architecture or spec.model.architecture
+            arch = from_spec(shape) if shape is not None else rough_arch(old.parameters)
+            size = (
+                DatasetSize(rows=old.dataset_rows, tokens=old.dataset_tokens)
+                if old.dataset_rows is not None
+                else None
             )
             try:
-                new = plan(retry, arch, self._pools())
+                new = plan(retry, arch, self._pools(), size)
             except PlanRefused as exc:
                 self._fail(ctx, "OutOfMemory", f"{message}; QLoRA does not fit either: {exc}")
             change = "method lora → qlora"
@@ -674,6 +692,21 @@ class Reconciler:
 
 
 # ---------------------------------------------------------------------- helpers
+def _probe_result(message: str) -> tuple[dict[str, Any] | None, DatasetSize | None, str]:
+    """(config.json keys, the data's size, why it was not counted) from the probe's
+    termination message, `{"config": ..., "dataset": ...}`."""
+    doc = json.loads(message)
+    if not isinstance(doc, dict):
+        raise ValueError("the probe's message is not a JSON object")
+    count = doc.get("dataset") or {}
+    size = None
+    if isinstance(count.get("rows"), int):
+        size = DatasetSize(
+            rows=count["rows"], tokens=count.get("tokens"), complete=bool(count.get("complete"))
+        )
+    return doc.get("config"), size, str(count.get("error") or "")
+
+
 def _fatal(seen: Observation) -> bool:
     if seen.reason in FATAL_STUCK:
         return True

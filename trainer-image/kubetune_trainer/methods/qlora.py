@@ -50,6 +50,12 @@ class QLoRA(Method):
             # leave DeepSpeed mixed dtypes to shard; the sharded recipe skips it.
             if gradient_checkpointing:
                 model.enable_input_require_grads()
+            for module in model.modules():
+                # bitsandbytes repacks 4-bit weights in place for its AVX-512 CPU kernels
+                # at inference, as uint8 whatever their storage dtype, which breaks the
+                # weights DeepSpeed partitions (CPU runs only; GPUs never repack).
+                if getattr(module, "support_avx512bf16_for_cpu", False):
+                    module.support_avx512bf16_for_cpu = False
             return model
         from peft import prepare_model_for_kbit_training
 
