@@ -140,6 +140,11 @@ def capability(name: str) -> Capability:
         raise UnknownMethod(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
 
 
+def _lr(value: float) -> str:
+    """2e-4, not 0.0002."""
+    return f"{value:.0e}".replace("e-0", "e-")
+
+
 def markdown_table() -> str:
     """The table as docs/planner.md shows it."""
     head = (
@@ -152,7 +157,7 @@ def markdown_table() -> str:
         return "yes" if flag else "no"
 
     rows = [
-        f"| {c.name} | {c.trains} | {c.default_learning_rate:g}"
+        f"| {c.name} | {c.trains} | {_lr(c.default_learning_rate)}"
         f" | {', '.join(str(s) for s in c.zero_stages)}"
         f" | {', '.join(o for o in c.offload if o != 'none') or '-'}"
         f" | {yes(c.quantised_base)} | {yes(c.packing)} | {yes(c.gradient_checkpointing)}"
