@@ -67,6 +67,11 @@ def _stage(stage: int) -> str:
 
 
 _PEFT_OFFLOAD = "adapter optimizer states are small, so CPU offload would save nothing"
+_VIRTUAL_ZERO3 = (
+    "PEFT saves virtual tokens by running their encoder on rank 0 alone, which waits"
+    " forever for the other ranks under ZeRO-3's sharded weights (PEFT 0.21), so the base"
+    " is never sharded; "
+)
 
 CAPABILITIES: dict[str, Capability] = {
     c.name: c
@@ -99,20 +104,20 @@ CAPABILITIES: dict[str, Capability] = {
             name="prompt-tuning",
             trains="learned virtual-token embeddings",
             default_learning_rate=3e-2,
-            zero_stages=(0, 3),
+            zero_stages=(0,),
             packing=False,
             mergeable=False,
-            layout_notes=_PEFT_OFFLOAD,
+            layout_notes=_VIRTUAL_ZERO3 + _PEFT_OFFLOAD,
         ),
         Capability(
             name="prefix-tuning",
             trains="learned key/value prefixes in every layer",
             default_learning_rate=1e-2,
-            zero_stages=(0, 3),
+            zero_stages=(0,),
             packing=False,
             gradient_checkpointing=False,  # the prefix is a KV cache, not recomputable
             mergeable=False,
-            layout_notes=_PEFT_OFFLOAD,
+            layout_notes=_VIRTUAL_ZERO3 + _PEFT_OFFLOAD,
         ),
         Capability(
             name="ia3",

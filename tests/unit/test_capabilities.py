@@ -76,15 +76,21 @@ def test_load_peak_term_appears_only_when_it_dominates() -> None:
         assert p.breakdown_gi_b[LOADING] > 0
 
 
-def test_prompt_tuning_8b_on_4_t4_is_a_layout_the_trainer_runs() -> None:
-    """Main planned ZeRO-3 here while the trainer allowed prompt tuning at most ZeRO-2."""
+def test_prompt_tuning_is_never_sharded_and_the_refusal_says_why() -> None:
+    """Main planned prompt tuning of an 8B model on 4xT4 with ZeRO-3, which the trainer
+    refused after scheduling. PEFT 0.21 cannot save virtual tokens under ZeRO-3 (its
+    encoder runs on rank 0 alone and waits for the others forever), so it is never planned:
+    the 16-bit 8B base does not fit a 15 GiB T4, and the refusal says why not sharded."""
     s = spec(method="prompt-tuning")
     t4 = pool("t4", "Tesla-T4", 15, per_node=4)
-    p = plan(s, arch("llama-3.1-8b"), [t4])
-    cfg = make_config(
-        {"kind": "FineTuneJob", "metadata": {"name": "p"}, "spec": s.to_k8s()}, p, "/tmp/p"
-    )
-    get_method("prompt-tuning").validate(cfg.spec, cfg.plan)
+    with pytest.raises(PlanRefused) as refused:
+        plan(s, arch("llama-3.1-8b"), [t4])
+    assert "no ZeRO-3" in refused.value.reason and "rank 0" in refused.value.reason
+    assert "use lora or qlora" in refused.value.reason
+    four = spec(method="prompt-tuning", resources={"minGPUs": 4})
+    p = plan(four, arch("llama-3.2-1b"), [t4])  # DDP over four GPUs, and why not ZeRO-3
+    assert p.zero_stage == 0
+    assert any("ZeRO-3 is not offered for prompt-tuning" in r for r in p.reasons)
 
 
 def test_prefix_tuning_is_never_planned_with_gradient_checkpointing() -> None:

@@ -162,7 +162,9 @@ def test_every_plan_renders_and_the_trainer_runs_exactly_it(
     assert plans >= 40, f"only {plans} of the grid's shapes fit {method}"
     assert any(nodes == "multi-node" for _, _, nodes in layouts), "no multi-node plan"
     stages = {stage for stage, _, _ in layouts}
-    assert 3 in stages, f"{method} never needed ZeRO-3 in the grid"
+    assert stages <= set(CAPABILITIES[method].zero_stages)
+    if 3 in CAPABILITIES[method].zero_stages:
+        assert 3 in stages, f"{method} never needed ZeRO-3 in the grid"
     if method == "full":
         # single-GPU plans with ZeRO (offload): they must run under DeepSpeed too
         assert any(stage and n == "1 node" for stage, off, n in layouts if off != "none")

@@ -230,9 +230,11 @@ def _refusal(req: Request, shapes: list[Shape], all_methods: list[str] | None = 
     need, detail = _model_state_bytes(req)
     res = req.spec.resources
     frac = res.max_gpu_memory_fraction
-    biggest = max(shapes, key=lambda s: s.total_gpus * s.pool.gpu_memory_gi_b)
+    cap_ = req.policy.capability
+    shards = 3 in cap_.zero_stages  # else every GPU holds all model states
+    biggest = max(shapes, key=lambda s: (s.total_gpus if shards else 1) * s.pool.gpu_memory_gi_b)
     pool = biggest.pool
-    cap = biggest.total_gpus * pool.gpu_memory_gi_b * frac * cal.GiB
+    cap = (biggest.total_gpus if shards else 1) * pool.gpu_memory_gi_b * frac * cal.GiB
     name = req.arch.name
     methods = all_methods or [req.policy.name]
     head = f"{name} {' / '.join(methods)} fine-tuning"
@@ -241,6 +243,13 @@ def _refusal(req: Request, shapes: list[Shape], all_methods: list[str] | None = 
         f"{pool.gpu_memory_gi_b:g} GiB per node x {biggest.nodes} node(s) ="
         f" {_fmt_bytes(cap)} usable at maxGPUMemoryFraction {frac:g}"
     )
+    if not shards:
+        offer = (
+            f"{req.policy.name} keeps the whole model on every GPU (no ZeRO-3:"
+            f" {cap_.layout_notes.split('; ')[0]}), and the largest allowed GPU is"
+            f" {pool.name}'s {pool.gpu_memory_gi_b:g} GiB = {_fmt_bytes(cap)} usable at"
+            f" maxGPUMemoryFraction {frac:g}"
+        )
     if need > cap:
         msg = f"{head} needs ~{_fmt_bytes(need)} of model states ({detail}); {offer}, before"
         msg += " activations"
@@ -250,7 +259,7 @@ def _refusal(req: Request, shapes: list[Shape], all_methods: list[str] | None = 
             f" per-GPU peak (activations, the largest layer, or batch divisibility); {offer}"
         )
     hints = []
-    if req.policy.name == "full":
+    if req.policy.name == "full" or not shards:
         hints.append("use lora or qlora")
     elif req.policy.name == "lora":
         hints.append("use qlora")
@@ -338,7 +347,11 @@ def _layout_reason(req: Request, fit: Fit) -> str:
     n = fit.shape.total_gpus
     label = fit.strategy.label(n)
     if fit.strategy.stage == 0:
-        return f"{label}: model states fit on each GPU unsharded"
+        reason = f"{label}: model states fit on each GPU unsharded"
+        cap = req.policy.capability
+        if n > 1 and 3 not in cap.zero_stages:
+            reason += f"; ZeRO-3 is not offered for {cap.name}: {cap.layout_notes}"
+        return reason
     reason = f"{label}: the least sharding that fits on {n} GPUs"
     if req.policy.capability.quantised_base:
         whole = req.policy.frozen_weight_bytes(req.arch, req.spec, 2) / cal.GiB
