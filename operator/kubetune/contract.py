@@ -14,13 +14,10 @@ from .api.base import ApiModel
 from .api.status import CheckpointStatus, EvaluationStatus, OutputStatus, Progress
 
 # --------------------------------------------------------------------------- env
+# Only what the trainer reads: the job, the attempt and the progress target are in the
+# config file itself (kubetune.api.trainer_config), not repeated as env.
 ENV_CONFIG = "KUBETUNE_CONFIG"  # path of the resolved TrainerConfig (YAML)
-ENV_JOB_NAME = "KUBETUNE_JOB_NAME"
-ENV_NAMESPACE = "KUBETUNE_NAMESPACE"
-ENV_ATTEMPT = "KUBETUNE_ATTEMPT"
 ENV_PVC_ROOT = "KUBETUNE_PVC_ROOT"  # where PVC claims are mounted, one dir per claim
-ENV_PROGRESS_URL = "KUBETUNE_PROGRESS_URL"  # operator endpoint for progress reports
-ENV_PROGRESS_TOKEN = "KUBETUNE_PROGRESS_TOKEN_FILE"  # projected service-account token
 ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"  # override of /dev/termination-log
 ENV_HF_TOKEN = "HF_TOKEN"  # from tokenSecretRef; huggingface_hub reads it too
 ENV_HF_PUSH_TOKEN = "KUBETUNE_HF_PUSH_TOKEN"  # from output.hf.tokenSecretRef (write access)
@@ -33,12 +30,7 @@ ENV_NPROC_PER_NODE = "NPROC_PER_NODE"
 RESERVED_ENV = frozenset(
     {
         ENV_CONFIG,
-        ENV_JOB_NAME,
-        ENV_NAMESPACE,
-        ENV_ATTEMPT,
         ENV_PVC_ROOT,
-        ENV_PROGRESS_URL,
-        ENV_PROGRESS_TOKEN,
         ENV_TERMINATION_LOG,
         ENV_MASTER_ADDR,
         ENV_MASTER_PORT,

@@ -4,6 +4,7 @@ everything else, and the docs show it as it is."""
 from __future__ import annotations
 
 import typing
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,9 @@ def test_prefix_tuning_is_never_planned_with_gradient_checkpointing() -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_learning_rate_defaults_come_from_the_table(method: str) -> None:
-    extra = {"promptTuning": {}} if method in ("prompt-tuning", "prefix-tuning") else {}
+    extra: dict[str, Any] = (
+        {"promptTuning": {}} if method in ("prompt-tuning", "prefix-tuning") else {}
+    )
     p = plan(spec(method=method, **extra), arch("qwen2.5-0.5b"), [pool()])
     assert p.learning_rate == CAPABILITIES[method].default_learning_rate
     assert make_plan(method).learning_rate == CAPABILITIES[method].default_learning_rate

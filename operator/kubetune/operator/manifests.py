@@ -25,7 +25,6 @@ from . import naming
 from .settings import Settings
 
 TRAINER_CONTAINER = "trainer"
-TRAINER_COMMAND = ["python", "-m", "kubetune_trainer"]
 GCS_SECRET_ROOT = "/var/run/secrets/kubetune-gcs"
 GCS_KEY_FILE = "key.json"
 
@@ -240,9 +239,6 @@ def _env(job: JobMeta, plan: Plan, settings: Settings, attempt: int) -> list[dic
     index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     env: list[dict[str, Any]] = [
         {"name": c.ENV_CONFIG, "value": posixpath.join(c.CONFIG_DIR, c.CONFIG_FILE)},
-        {"name": c.ENV_JOB_NAME, "value": job.name},
-        {"name": c.ENV_NAMESPACE, "value": job.namespace},
-        {"name": c.ENV_ATTEMPT, "value": str(attempt)},
         {"name": c.ENV_PVC_ROOT, "value": c.PVC_ROOT},
         {
             "name": c.ENV_MASTER_ADDR,
@@ -256,11 +252,6 @@ def _env(job: JobMeta, plan: Plan, settings: Settings, attempt: int) -> list[dic
         {"name": "HF_HOME", "value": posixpath.join(c.SCRATCH_DIR, "hf")},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    if settings.progress_url:
-        env += [
-            {"name": c.ENV_PROGRESS_URL, "value": progress_endpoint(settings)},
-            {"name": c.ENV_PROGRESS_TOKEN, "value": posixpath.join(c.TOKEN_DIR, c.TOKEN_FILE)},
-        ]
     return env
 
 
@@ -365,7 +356,7 @@ def _trainer_image_container(
         "name": name,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": TRAINER_COMMAND,
+        "command": list(c.TRAINER_ENTRYPOINT),
         "args": args,
         "env": env,
         "resources": resources,
@@ -401,7 +392,7 @@ def trainer_job(
         resources["limits"]["memory"] = spec.resources.memory
     container = _trainer_image_container(
         TRAINER_CONTAINER,
-        ["launch", "--config", posixpath.join(c.CONFIG_DIR, c.CONFIG_FILE)],
+        list(c.TRAINER_LAUNCH_ARGS),
         _env(job, plan, settings, attempt) + env_creds,
         {k: v for k, v in resources.items() if v},
         mounts,

@@ -569,9 +569,9 @@ class Reconciler:
             progress.percent = round(progress.percent, 1)
         ctx.status["progress"] = progress.to_k8s()
         if report.checkpoint:
-            ckpt = dict(ctx.status.get("checkpoints") or {})
-            ckpt.update({"latest": report.checkpoint, "latestStep": report.checkpoint_step})
-            ctx.status["checkpoints"] = ckpt
+            ckpt = CheckpointStatus.model_validate(ctx.status.get("checkpoints") or {})
+            ckpt.latest, ckpt.latest_step = report.checkpoint, report.checkpoint_step
+            ctx.status["checkpoints"] = ckpt.to_k8s()
         self.progress.mark_written(meta.namespace, meta.name)
 
     def _succeeded(self, ctx: Ctx, seen: Observation) -> None:

@@ -22,14 +22,15 @@ from typing import Any
 import fsspec
 from datasets import Dataset, Features, Value
 
+from kubetune import contract
 from kubetune.api.common import DataSource
 
 from ..storage import errors as store_errors
 from ..storage import filesystem, storage_options
 from .errors import BadInputError
 
-PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/kubetune/pvc"
+PVC_ROOT_ENV = contract.ENV_PVC_ROOT
+DEFAULT_PVC_ROOT = contract.PVC_ROOT
 """Where the operator mounts claim `<claimName>`: `<root>/<claimName>`."""
 
 KNOWN_EXTENSIONS = {
