@@ -4,8 +4,8 @@ everything else, and the docs show it as it is."""
 from __future__ import annotations
 
 import typing
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
