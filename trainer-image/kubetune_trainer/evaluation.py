@@ -222,7 +222,3 @@ def overfitting(history: Sequence[dict[str, Any]], window: int) -> dict[str, Any
             }
     return None
 
-
-def as_status(metrics: dict[str, float]) -> dict[str, float]:
-    """Our metric names in the EvalMetrics wire form (loss, perplexity, exactMatch, rougeL)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
