@@ -183,3 +183,21 @@ def test_probe_pod_reads_only_the_model() -> None:
 
 def test_builders_are_deterministic() -> None:
     assert job_manifest() == job_manifest()
+
+
+def test_every_kubetune_env_var_on_a_trainer_pod_is_read_by_the_trainer() -> None:
+    """main set KUBETUNE_JOB_NAME, KUBETUNE_NAMESPACE, KUBETUNE_ATTEMPT and the progress
+    URL and token as env on every pod, and the trainer read them from its config instead."""
+    from pathlib import Path
+
+    trainer = Path(__file__).resolve().parents[2] / "trainer-image" / "kubetune_trainer"
+    source = "\n".join(p.read_text() for p in trainer.rglob("*.py"))
+    constants = {v: k for k, v in vars(c).items() if k.startswith("ENV_") and isinstance(v, str)}
+    container = job_manifest()["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == list(c.TRAINER_ENTRYPOINT)
+    assert container["args"] == list(c.TRAINER_LAUNCH_ARGS)
+    for env in container["env"]:
+        if env["name"].startswith("KUBETUNE_"):
+            name = constants.get(env["name"])
+            assert name is not None, f"{env['name']} is not a contract constant"
+            assert name in source, f"{env['name']} ({name}) is set but the trainer never reads it"
