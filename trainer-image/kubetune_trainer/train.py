@@ -32,7 +32,7 @@ from kubetune.contract import ExitCode, TerminationSummary
 
 from . import checkpoints, evaluation, outputs, plots
 from .config import RunPaths, load_config
-from .distributed import Rank, deepspeed_config, load_dtype, training_precision
+from .distributed import Rank, World, deepspeed_config, load_dtype, training_precision
 from .failures import BadInput, Preempted, classify
 from .methods import Hardware, get_method
 from .termination import write_termination_log
@@ -120,6 +120,10 @@ class FineTuneRecipe:
         # The ZeRO layout comes from the plan itself, never from how the process was
         # started: a plan with ZeRO always trains under DeepSpeed.
         self.deepspeed = deepspeed_config(self.plan, cuda)
+        if self.deepspeed and self.plan.total_gpus == 1 and "WORLD_SIZE" not in os.environ:
+            # `train` started by hand rather than by `launch`: DeepSpeed still needs a
+            # process group, of one.
+            os.environ.update(World.from_env(self.plan).rendezvous_env())
         self.precision = training_precision(self.plan, cuda, self.hardware.bf16)
         if self.precision != self.plan.precision and cuda:
             log.warning(
