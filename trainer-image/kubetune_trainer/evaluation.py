@@ -221,4 +221,3 @@ def overfitting(history: Sequence[dict[str, Any]], window: int) -> dict[str, Any
                 f" evaluations (up to step {step}); the best checkpoint is kept",
             }
     return None
-
