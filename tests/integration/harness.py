@@ -257,9 +257,14 @@ def condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def hostpath_claim(
-    api: client.ApiClient, namespace: str, name: str, source: Path | None = None
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    source: Path | None = None,
+    access: str = "ReadWriteMany",
 ) -> Path:
-    """A PVC bound to a hostPath PV over a fresh directory (a copy of `source` if given).
+    """A PVC bound to a hostPath PV over a fresh directory (a copy of `source` if given),
+    with access mode `access`.
 
     The pod runner mounts hostPath PVs as the directory itself, so trainer pods see the
     files at their mount path exactly as on a real volume.
@@ -278,7 +283,7 @@ def hostpath_claim(
             "metadata": {"name": pv},
             "spec": {
                 "capacity": {"storage": "10Gi"},
-                "accessModes": ["ReadWriteMany"],
+                "accessModes": [access],
                 "hostPath": {"path": str(base)},
                 "storageClassName": "manual",
                 "persistentVolumeReclaimPolicy": "Retain",
@@ -292,7 +297,7 @@ def hostpath_claim(
         {
             "metadata": {"name": name},
             "spec": {
-                "accessModes": ["ReadWriteMany"],
+                "accessModes": [access],
                 "resources": {"requests": {"storage": "10Gi"}},
                 "storageClassName": "manual",
                 "volumeName": pv,

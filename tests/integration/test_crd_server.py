@@ -105,4 +105,4 @@ def test_printer_columns(crd: None, local_cluster: LocalCluster, namespace: str)
     header = local_cluster.kubectl("get", "ftj", "-n", namespace).splitlines()[0].split()
     assert header[:4] == ["NAME", "PHASE", "METHOD", "GPUS"]
     explain = local_cluster.kubectl("explain", "finetunejob.spec.training.learningRate")
-    assert "default 2e-4 for LoRA" in explain
+    assert "unset takes the method's default" in explain

@@ -48,6 +48,10 @@ UNUSED_ALLOWED: dict[tuple[str, str, str], str] = {
         "only for spec.output.pvc.size (the operator creates the output claim); the demo's "
         "claim exists already"
     ),
+    ("", "persistentvolumeclaims", "get"): (
+        "only for multi-node plans (their output claim must be ReadWriteMany); the demo"
+        " runs on one node"
+    ),
 }
 
 

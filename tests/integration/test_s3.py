@@ -388,7 +388,8 @@ def test_training_with_model_data_and_output_on_s3(s3: S3, tmp_path: Path) -> No
         pushed["adapter/adapter_model.safetensors"]
         == (out / "adapter" / "adapter_model.safetensors").read_bytes()
     )
-    assert summary.output["objectStore"] == f"s3://{BUCKET}/jobs/t1"
+    assert summary.output is not None
+    assert summary.output.object_store == f"s3://{BUCKET}/jobs/t1"
     assert json.loads(pushed["data-report.json"])["counts"]
     assert not [k for k in pushed if k.startswith("checkpoint")]
 

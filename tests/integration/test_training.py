@@ -16,6 +16,7 @@ cores.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ from tests.waits import Stalled, tail, tree_state, wait_progress
 
 pytestmark = pytest.mark.trainer
 REPO = Path(__file__).resolve().parents[2]
+GATHER_PROBE = REPO / "tests/fixtures/gather_probe"
 MARGIN = 0.3
 """How far above the base model's exact match a tuned model must land."""
 LORA = {"lora": {"r": 16, "alpha": 32, "dropout": 0.0}}
@@ -109,7 +111,7 @@ def run_trainer(
     command: str = "train",
     env: dict[str, str] | None = None,
     stall: float = STALL,
-) -> tuple[int, Any]:
+) -> tuple[int, TerminationSummary | None]:
     log = tmp / "termination-log"
     environment = (
         os.environ
@@ -164,6 +166,12 @@ def follow(
         proc.kill()
         proc.wait()
         raise
+
+
+def scores(summary: TerminationSummary | None) -> dict[str, Any]:
+    """The summary's evaluation in its wire form (baseline/final metric maps, camelCase)."""
+    assert summary is not None and summary.evaluation is not None, summary
+    return summary.evaluation.to_k8s()
 
 
 def start_trainer(
@@ -229,13 +237,13 @@ def test_method_beats_baseline(
     code, summary = run_trainer(dump_config(cfg, tmp_path / "cfg.json"), tmp_path)
     assert code == 0, summary
     assert summary is not None and summary.reason == "Completed"
-    baseline = summary.evaluation["baseline"]
-    final = summary.evaluation["final"]
+    baseline = scores(summary)["baseline"]
+    final = scores(summary)["final"]
     assert isinstance(baseline, dict) and isinstance(final, dict)
     print(
         f"{method}: exactMatch {baseline['exactMatch']:.3f} -> {final['exactMatch']:.3f}, "
         f"loss {baseline['loss']:.3f} -> {final['loss']:.3f}, "
-        f"tokens/s {summary.metrics.get('tokens_per_second', 0):.0f}"
+        f"tokens/s {(summary.progress and summary.progress.tokens_per_second) or 0:.0f}"
     )
     assert final["loss"] < baseline["loss"]
     assert final["exactMatch"] >= baseline["exactMatch"] + MARGIN
@@ -316,7 +324,7 @@ def test_two_processes_through_the_launcher(base: dict[str, Path], tmp_path: Pat
     )
     assert code == 0, summary
     assert summary is not None and summary.reason == "Completed"
-    final, baseline = summary.evaluation["final"], summary.evaluation["baseline"]
+    final, baseline = scores(summary)["final"], scores(summary)["baseline"]
     assert isinstance(final, dict) and isinstance(baseline, dict)
     print(f"2 procs: exactMatch {baseline['exactMatch']:.3f} -> {final['exactMatch']:.3f}")
     assert final["exactMatch"] >= baseline["exactMatch"] + MARGIN
@@ -462,10 +470,17 @@ def test_deepspeed_zero_on_cpu(
     out = tmp_path / "out"
     path = dump_config(make_config(spec, plan, out), tmp_path / "cfg.json")
     env = {"MASTER_PORT": str(29500 + (os.getpid() + stage) % 1000)}
+    gathers = tmp_path / "gathers"
+    gathers.mkdir()
+    # Every rank records the most parameters it ever gathered whole at once.
+    env |= {
+        "PYTHONPATH": os.pathsep.join([str(GATHER_PROBE), os.environ.get("PYTHONPATH", "")]),
+        "KUBETUNE_GATHER_PROBE": str(gathers),
+    }
     code, summary = run_trainer(path, tmp_path, "launch", env=env)
     assert code == 0, summary
     assert summary is not None and summary.reason == "Completed"
-    final, baseline = summary.evaluation["final"], summary.evaluation["baseline"]
+    final, baseline = scores(summary)["final"], scores(summary)["baseline"]
     assert isinstance(final, dict) and isinstance(baseline, dict)
     print(
         f"ZeRO-{stage} offload {offload}: exactMatch {baseline['exactMatch']:.3f} ->"
@@ -487,6 +502,16 @@ def test_deepspeed_zero_on_cpu(
     per_rank = ["optim_states"] + (["model_states"] if stage == 3 else [])
     assert {f"zero_pp_rank_{r}_mp_rank_00_{kind}.pt" for r in (0, 1) for kind in per_rank} <= shards
     assert (out / "model" / "model.safetensors").stat().st_size > 100_000  # gathered weights
+    if stage == 3:
+        # The baseline is scored through the engine, a layer at a time: no rank ever holds
+        # the whole model (main gathered every parameter on every rank to score it).
+        from safetensors import safe_open
+
+        with safe_open(str(out / "model" / "model.safetensors"), "pt") as weights:
+            total = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())  # noqa: SIM118
+        most = [json.loads(p.read_text())["elements"] for p in gathers.glob("*.json")]
+        print(f"ZeRO-3: at most {max(most):,} of {total:,} parameters gathered at once")
+        assert most and 0 < max(most) < total / 2
     if not resume:
         return
     # Resume halfway: drop the later checkpoints; the engine must reload its shards and
@@ -502,7 +527,7 @@ def test_deepspeed_zero_on_cpu(
     assert report["resumedFrom"].endswith(f"checkpoint-{middle.step}")
     steps = [e["step"] for e in report["logHistory"] if "loss" in e]
     assert steps == list(range(1, summary.step + 1))
-    resumed = again.evaluation["final"]
+    resumed = scores(again)["final"]
     assert isinstance(resumed, dict)
     print(f"resumed from step {middle.step}: loss {resumed['loss']:.4f} vs {final['loss']:.4f}")
     assert resumed["loss"] == pytest.approx(final["loss"], rel=0.02)
@@ -521,3 +546,83 @@ def test_diverging_run_stops_with_nan_loss(base: dict[str, Path], tmp_path: Path
     assert "step" in summary.message
     assert summary.step is not None and summary.total_steps is not None
     assert summary.step < summary.total_steps  # stopped early, did not train on
+
+
+GRID_LAYOUTS = [
+    # method, ZeRO stage, offload, processes: layouts the seam grid plans, on the CPU
+    pytest.param("full", 2, "optimizer", 1, id="full-zero2-offload-1-process"),
+    pytest.param("qlora", 3, "none", 2, id="qlora-zero3-2-processes"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "stage", "offload", "processes"), GRID_LAYOUTS)
+def test_grid_layouts_train_through_the_launcher(
+    base: dict[str, Path], tmp_path: Path, method: str, stage: int, offload: str, processes: int
+) -> None:
+    """Layouts the planner produces in tests/unit/test_seam_grid.py, trained for real on
+    the tiny model through `launch` with the layout's plan fields: the dry run says it
+    will run them, and the DeepSpeed engine then did (its per-rank checkpoint files). A
+    one-process plan with ZeRO ran without DeepSpeed on main; QLoRA under ZeRO-3 (4-bit
+    weights stored in the model's dtype) was refused."""
+    from kubetune.planner import PlanRefused, plan
+    from tests.unit.test_planner_helpers import arch
+    from tests.unit.test_seam_grid import ARCHS, POOLS, job_spec
+
+    planned = None
+    for model in ARCHS:
+        for gpus in POOLS.values():
+            for nodes in (1, 2):
+                try:
+                    p = plan(job_spec(method, nodes, gpus.gpus_per_node), arch(model), [gpus])
+                except PlanRefused:
+                    continue
+                if (p.zero_stage, p.offload, p.total_gpus == 1) == (stage, offload, processes == 1):
+                    planned = planned or p
+    assert planned is not None, f"the grid plans no {method} ZeRO-{stage} {offload}"
+    cpu = make_plan(
+        method,
+        zeroStage=planned.zero_stage,
+        offload=planned.offload,
+        gpusPerNode=processes,
+        microBatchSize=16 // processes,
+        learningRate=3e-3,
+    )
+    out = tmp_path / "out"
+    extra = LORA if method == "qlora" else {}
+    path = dump_config(make_config(job(base, method, 1, extra), cpu, out), tmp_path / "cfg.json")
+    env = {"MASTER_PORT": str(29500 + (os.getpid() + 7 * stage) % 1000)}
+    dry = subprocess.run(
+        [sys.executable, "-m", "kubetune_trainer", "launch", "--config", str(path), "--dry-run"],
+        env=os.environ | env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    said = json.loads(dry.stdout)
+    assert (said["zeroStage"], said["offload"], said["processes"]["total"]) == (
+        stage,
+        offload,
+        processes,
+    )
+    assert said["deepspeed"] and (said["quantisation"] is not None) == (method == "qlora")
+    code, summary = run_trainer(path, tmp_path, "launch", env=env)
+    assert code == 0, summary
+    assert summary is not None and summary.reason == "Completed"
+    ev = summary.evaluation
+    assert ev is not None and ev.final is not None and ev.baseline is not None
+    print(
+        f"{method} ZeRO-{stage} {offload} x{processes}: loss {ev.baseline.loss} -> {ev.final.loss}"
+    )
+    assert ev.final.loss is not None and ev.baseline.loss is not None
+    assert ev.final.loss < ev.baseline.loss
+    # The DeepSpeed engine wrote the checkpoint: one optimizer partition per rank.
+    latest = checkpoints.latest(out / "checkpoints")
+    assert latest is not None
+    shards = {p.name for p in (latest.path / f"global_step{latest.step}").iterdir()}
+    assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(processes)} <= shards
+    ds = json.loads((out / ".scratch" / "launch" / "deepspeed.json").read_text())
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ("offload_optimizer" in ds["zero_optimization"]) == (offload != "none")

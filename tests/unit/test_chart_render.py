@@ -53,6 +53,7 @@ NAMESPACED = {("kubetune.io", "finetunejobs", v) for v in ("get", "list", "watch
     ("", "configmaps", "create"),
     ("", "services", "create"),
     ("", "persistentvolumeclaims", "create"),
+    ("", "persistentvolumeclaims", "get"),  # multi-node: the output claim must be RWX
     ("", "events", "create"),
 }
 CLUSTER = {

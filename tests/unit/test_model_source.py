@@ -94,11 +94,20 @@ def test_missing_directory_is_bad_input(tmp_path: Path) -> None:
         model_source.resolve(pvc, tmp_path, pvc_root_dir=str(tmp_path))
 
 
-def _probe(model: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple:
+def _probe(
+    model: dict[str, object] | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dataset: dict[str, object] | None = None,
+) -> tuple:
     log = tmp_path / "termination-log"
     monkeypatch.setenv(c.ENV_TERMINATION_LOG, str(log))
     monkeypatch.setattr(c, "SCRATCH_DIR", str(tmp_path / "scratch"))
-    code = inspect_model.run(argparse.Namespace(model=json.dumps(model)))
+    args = argparse.Namespace(
+        model=json.dumps(model) if model else None,
+        dataset=json.dumps(dataset) if dataset else None,
+    )
+    code = inspect_model.run(args)
     return code, json.loads(log.read_text())
 
 
@@ -109,7 +118,7 @@ def test_probe_reports_config_or_why_not(
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
     code, out = _probe({"path": str(model)}, tmp_path, monkeypatch)
-    assert code == 0 and out == {"model_type": "llama", "hidden_size": 64}
+    assert code == 0 and out == {"config": {"model_type": "llama", "hidden_size": 64}}
 
     code, out = _probe({"path": str(tmp_path / "nope")}, tmp_path, monkeypatch)
     assert code == c.ExitCode.BAD_INPUT and out["reason"] == "ModelConfigUnreadable"
@@ -209,3 +218,73 @@ def test_an_unwritable_output_directory_is_bad_input_naming_the_claim(tmp_path: 
     job = {**PUSH_JOB, "output": {"pvc": {"claimName": "results", "path": "runs/a"}}}
     with pytest.raises(BadInput, match=r"spec.output.pvc \(claim results, path runs/a\): cannot"):
         outputs.check_destinations(FineTuneJobSpec.model_validate(job), tmp_path / "claim" / "a")
+
+
+MOE_CONFIGS = {
+    # Qwen1.5-MoE-A2.7B's shape: routed experts plus an always-on shared expert.
+    "qwen2_moe": {
+        "model_type": "qwen2_moe",
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "moe_intermediate_size": 1408,
+        "shared_expert_intermediate_size": 5632,
+        "num_experts": 60,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "vocab_size": 151936,
+        "max_position_embeddings": 8192,
+        "rope_theta": 1000000.0,
+    },
+    # DeepSeek-style keys: n_routed_experts and num_experts_per_token.
+    "deepseek_style": {
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 10944,
+        "moe_intermediate_size": 1408,
+        "n_routed_experts": 64,
+        "num_experts_per_token": 6,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "vocab_size": 102400,
+        "tie_word_embeddings": False,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(MOE_CONFIGS))
+def test_probe_keeps_every_key_the_planner_reads(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe sends only what the planner reads (4 KiB): the in-cluster plan of an MoE
+    model must equal `kubetune plan --model-config` of its config.json."""
+    from kubetune.planner.architecture import from_config
+
+    config = MOE_CONFIGS[name]
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    code, out = _probe({"path": str(model)}, tmp_path, monkeypatch)
+    assert code == 0
+    assert "max_position_embeddings" not in out["config"]  # dropped: nobody reads it
+    assert from_config(out["config"], name="m") == from_config(config, name="m")
+
+
+def test_probe_counts_the_training_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [{"instruction": "say hi " * 10, "output": "hi"} for _ in range(30)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    code, out = _probe(None, tmp_path, monkeypatch, dataset={"train": {"path": str(data)}})
+    assert code == 0 and "config" not in out
+    # 31 lines, every one a row as the pipeline reads them (it drops the bad one later);
+    # tokens: (70 + 2 characters of text per row) / 4
+    assert out["dataset"]["rows"] == 31 and out["dataset"]["complete"] is True
+    assert out["dataset"]["tokens"] == int((30 * 72 + len("not json")) / 4)
+    capped = {"train": {"path": str(data)}, "maxSamples": 10}
+    code, out = _probe(None, tmp_path, monkeypatch, dataset=capped)
+    assert out["dataset"]["rows"] == 10
+    code, out = _probe(
+        None, tmp_path, monkeypatch, dataset={"train": {"path": str(tmp_path / "gone.jsonl")}}
+    )
+    assert code == 0 and "no such file" in out["dataset"]["error"]  # best effort

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from kubetune.api.status import EvalMetrics, EvaluationStatus, OutputStatus, Progress
+from kubetune.capabilities import CAPABILITIES
 from kubetune.contract import ExitCode, ProgressReport, TerminationSummary
 from kubetune_trainer import checkpoints, evaluation, termination
 from kubetune_trainer.config import dump_config, load_config
@@ -93,13 +95,14 @@ def test_termination_summary_fits_4k_and_parses(
         exit_code=2,
         reason="BadInput",
         message="train.jsonl:3: bad row " + "x" * 10000,
-        metrics={f"m{i}": float(i) for i in range(300)},
-        evaluation={
-            "baseline": {f"k{i}": 0.5 for i in range(200)},
-            "passed": True,
-            "final": {"loss": float("nan")},
-        },
-        output={f"o{i}": "/very/long/path/" * 10 for i in range(50)},
+        progress=Progress(step=3, loss=float("nan")),
+        evaluation=EvaluationStatus(
+            baseline=EvalMetrics(loss=1.0, exact_match=0.5),
+            final=EvalMetrics(loss=float("nan")),
+            per_epoch=[EvalMetrics(loss=float(i), epoch=float(i)) for i in range(300)],
+            passed=True,
+        ),
+        output=OutputStatus(adapter="/out/adapter", report="/very/long/path/" * 10),
         data={f"d{i}": i for i in range(200)},
     )
     target = tmp_path / "termination-log"
@@ -110,10 +113,16 @@ def test_termination_summary_fits_4k_and_parses(
     parsed = TerminationSummary.model_validate_json(raw)
     assert parsed.exit_code == 2 and parsed.message.startswith("train.jsonl:3: bad row")
     assert termination.read_termination_log() == parsed
+    # the least needed parts went first; the output paths and the verdict stayed
+    assert not parsed.data and parsed.output == huge.output
+    assert parsed.evaluation is not None and parsed.evaluation.passed is True
+    assert parsed.evaluation.final is None or parsed.evaluation.final.loss is None
 
 
 def test_small_summary_is_unchanged() -> None:
-    s = TerminationSummary(exit_code=0, reason="Completed", metrics={"train_loss": 1.5})
+    s = TerminationSummary(
+        exit_code=0, reason="Completed", progress=Progress(step=3, loss=1.5), data={"train": 3}
+    )
     assert TerminationSummary.model_validate_json(termination.render(s)) == s
 
 
@@ -216,9 +225,8 @@ def test_deepspeed_refuses_impossible_offload() -> None:
 
 # ------------------------------------------------------------------ methods
 def test_registry_covers_every_planned_method() -> None:
-    assert set(METHODS) == {"full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "ia3"}
-    assert get_method("lora").default_learning_rate == 2e-4
-    assert get_method("full").default_learning_rate == 2e-5
+    assert set(METHODS) == set(CAPABILITIES)
+    assert get_method("lora").capability.default_learning_rate == 2e-4
     with pytest.raises(BadInput, match="auto"):
         get_method("auto")
 
@@ -227,8 +235,12 @@ def test_registry_covers_every_planned_method() -> None:
     ("method", "plan", "needle"),
     [
         ("qlora", {"zeroStage": 2}, "ZeRO-2"),
-        ("qlora", {"zeroStage": 3}, "ZeRO-3"),
-        ("prompt-tuning", {"zeroStage": 3}, "ZeRO-3"),
+        ("qlora", {"zeroStage": 3, "offload": "optimizer"}, "offload"),
+        ("prompt-tuning", {"zeroStage": 2}, "ZeRO-2"),
+        ("lora", {"zeroStage": 3, "offload": "optimizer+parameters"}, "offload"),
+        ("full", {"zeroStage": 2, "offload": "optimizer+parameters"}, "needs ZeRO-3"),
+        ("full", {"offload": "optimizer"}, "needs DeepSpeed"),
+        ("prefix-tuning", {"gradientCheckpointing": True}, "recompute"),
     ],
 )
 def test_unsupported_combinations_are_bad_input(

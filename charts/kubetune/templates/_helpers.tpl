@@ -107,6 +107,10 @@ operator/kubetune/operator/kube.py (its only API calls) and kopf's watches. */}}
 - apiGroups: [""]
   resources: [configmaps, services, persistentvolumeclaims]
   verbs: [create]
+# A multi-node job's output claim must be ReadWriteMany: its access modes are read first.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
 # Events on FineTuneJobs (kubectl describe).
 - apiGroups: [""]
   resources: [events]

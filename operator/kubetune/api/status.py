@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import ApiModel
+from .spec import Architecture, Toleration
 
 Phase = Literal[
     "Pending", "Planning", "Queued", "Running", "Evaluating", "Succeeded", "Failed", "Suspended"
@@ -71,6 +72,11 @@ class Plan(ApiModel):
     """DeepSpeed CPU offload."""
     pool: str
     """Node pool chosen."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """The chosen pool's node labels: the trainer pods select them (with
+    spec.resources.nodeSelector), so launching needs no second look at the pools."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations for the chosen pool's taints (with spec.resources.tolerations)."""
     gpu_type: str = Field(alias="gpuType")
     """GPU product of that pool."""
     gpu_memory_gi_b: float = Field(alias="gpuMemoryGiB")
@@ -97,6 +103,9 @@ class Plan(ApiModel):
     """Tokens per sequence."""
     parameters: int
     """Total parameters of the base model."""
+    architecture: Architecture | None = None
+    """The model shape planned from (config.json or spec.model.architecture); a re-plan
+    (after running out of memory) starts from it."""
     trainable_parameters: int
     """Parameters that receive gradients."""
     predicted_peak_gi_b: float = Field(alias="predictedPeakGiB")
@@ -115,6 +124,11 @@ class Plan(ApiModel):
     """The field's rules of thumb that apply to this job."""
     alternatives: list[Alternative] = Field(default_factory=list)
     """What was rejected and why."""
+    dataset_rows: int | None = None
+    """Training examples counted before planning (a lower bound when counting stopped
+    early); unset when unknown. `auto` and the small-data warnings use it."""
+    dataset_tokens: int | None = None
+    """Training tokens estimated before planning (characters / 4), when known."""
 
 
 class Progress(ApiModel):
@@ -208,9 +222,11 @@ class OutputStatus(ApiModel):
     """Where the results are."""
 
     adapter: str | None = None
-    """Adapter (or full model) directory."""
+    """Adapter directory (parameter-efficient methods)."""
+    model: str | None = None
+    """Model directory (full fine-tuning)."""
     merged: str | None = None
-    """Merged model directory."""
+    """Merged model directory (output.mergeAdapter)."""
     report: str | None = None
     """Training report JSON."""
     data_report: str | None = None
@@ -219,8 +235,10 @@ class OutputStatus(ApiModel):
     """Loss curve PNG."""
     model_card: str | None = None
     """README.md model card."""
-    uris: list[str] = Field(default_factory=list)
-    """Copies pushed to object stores or the Hub."""
+    object_store: str | None = None
+    """The copy of the final outputs in S3 or GCS (its URI)."""
+    hub: str | None = None
+    """The Hugging Face Hub repository the model was pushed to (its URL)."""
 
 
 class FineTuneJobStatus(ApiModel):

@@ -26,12 +26,13 @@ from pydantic import ValidationError
 from kubetune import contract as c
 from kubetune.api import API_VERSION, KIND
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.api.status import Plan
+from kubetune.api.status import CheckpointStatus, Plan, Progress
 from kubetune.api.validate import problems_from_error
 from kubetune.contract import ExitCode
 from kubetune.planner import (
     Arch,
     ArchitectureError,
+    DatasetSize,
     NodePool,
     PlanRefused,
     PoolConfigError,
@@ -284,13 +285,14 @@ class Reconciler:
             return
         if st.get("phase") != "Planning":
             ctx.phase("Planning", "Planning", "reading the model's shape and planning")
-        arch = self._architecture(ctx, spec)
-        if arch is None:
+        inputs = self._inputs(ctx, spec)
+        if inputs is None:
             ctx.again(2.0)
             raise Stop
+        arch, size = inputs
         try:
             pools = self._pools()
-            chosen = plan(spec, arch, pools)
+            chosen = plan(spec, arch, pools, size)
         except (PlanRefused, PoolConfigError) as exc:
             ctx.condition("Planned", False, "NothingFits", str(exc))
             self._fail(ctx, "NothingFits", str(exc))
@@ -309,16 +311,22 @@ class Reconciler:
         ctx.body["status"] = copy.deepcopy(st)
         ctx.events.clear()
 
-    def _architecture(self, ctx: Ctx, spec: FineTuneJobSpec) -> Arch | None:
-        """The model's shape: the spec's override, else config.json read by a probe pod."""
+    def _inputs(self, ctx: Ctx, spec: FineTuneJobSpec) -> tuple[Arch, DatasetSize | None] | None:
+        """The model's shape and the training data's size. The shape is the spec's
+        architecture, else config.json read by a probe pod; the probe also counts the
+        data, and runs for `method: auto` even with an architecture (the size picks the
+        method there). None while the probe runs."""
         name = spec.model.hf.repo if spec.model.hf else "model"
+        arch: Arch | None = None
         if spec.model.architecture is not None:
             try:
-                return from_spec(spec.model.architecture, name=name)
+                arch = from_spec(spec.model.architecture, name=name)
             except ArchitectureError as exc:
                 self._fail(
                     ctx, "ModelConfigInvalid", f"spec.model.architecture: {exc}", valid=False
                 )
+            if spec.method != "auto":
+                return arch, None
         meta = ctx.meta
         probe = manifests.model_probe(meta, spec, self.settings)
         pod = self.kube.get_pod(meta.namespace, probe["metadata"]["name"])
@@ -330,13 +338,18 @@ class Reconciler:
         if phase == "Succeeded" and term is not None:
             self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             try:
-                return from_config(json.loads(term.get("message") or ""), name=name)
+                config, size, why = _probe_result(term.get("message") or "")
+                if arch is None:
+                    arch = from_config(config or {}, name=name)
             except (ValueError, ArchitectureError) as exc:
                 self._fail(
                     ctx,
                     "ModelConfigUnreadable",
                     f"spec.model: config.json is not a model config: {exc}",
                 )
+            if why:
+                ctx.event("Normal", "DatasetNotCounted", f"spec.dataset.train: {why}")
+            return arch, size
         if phase == "Failed":
             summary = parse_summary((term or {}).get("message"))
             detail = summary.message if summary else (term or {}).get("message") or phase
@@ -397,28 +410,12 @@ class Reconciler:
         # Configured pools win: they carry costs and curated selectors.
         return merge_pools(configured, discovered)
 
-    def _placement(self, plan_: Plan) -> manifests.Placement:
-        for pool in self._pools():
-            if pool.name == plan_.pool:
-                return manifests.Placement(
-                    node_selector=dict(pool.node_selector),
-                    tolerations=[t.to_k8s() for t in pool.tolerations],
-                )
-        return manifests.Placement()
-
     # ------------------------------------------------------------------ launching
     def _launch(self, ctx: Ctx, spec: FineTuneJobSpec, attempt: int) -> None:
         meta = ctx.meta
         plan_ = Plan.model_validate(ctx.status["plan"])
-        objects = [manifests.headless_service(meta, self.settings)]
-        claim = manifests.output_claim(meta, spec)
-        if claim is not None:
-            objects.append(claim)
-        objects.append(manifests.config_map(meta, spec, plan_, self.settings, attempt))
-        objects.append(
-            manifests.trainer_job(meta, spec, plan_, self._placement(plan_), self.settings, attempt)
-        )
-        for obj in objects:
+        self._check_shared_output(ctx, spec, plan_)
+        for obj in manifests.launch_objects(meta, spec, plan_, self.settings, attempt):
             self.kube.create(obj)
         st = ctx.status
         first = not st.get("startTime")
@@ -434,6 +431,26 @@ class Reconciler:
             )
         ctx.phase("Pending", "Launched", f"Job {name} created; waiting for its pods")
         ctx.again(2.0)
+
+    def _check_shared_output(self, ctx: Ctx, spec: FineTuneJobSpec, plan_: Plan) -> None:
+        """Every node of a multi-node plan writes checkpoints (each rank its ZeRO shards) to
+        the output claim: one that only one node can mount would leave the others stuck
+        attaching it, so such a job fails before anything is created."""
+        out = spec.output.pvc if spec.output else None
+        if plan_.nodes < 2 or out is None:
+            return  # no claim: the planner warned that outputs stay in the pods
+        claim = self.kube.get_claim(ctx.meta.namespace, out.claim_name)
+        modes = ((claim or {}).get("spec") or {}).get("accessModes") or []
+        if claim is None or manifests.SHARED_ACCESS in modes:
+            return  # created now as ReadWriteMany, or a missing claim the scheduler reports
+        self._fail(
+            ctx,
+            "OutputClaimNotShared",
+            f"spec.output.pvc.claimName: the plan runs on {plan_.nodes} nodes, which all write"
+            f" checkpoints to claim {out.claim_name}, but it is {', '.join(modes)}: only one"
+            " node can mount it. Use a ReadWriteMany claim (NFS, CephFS, EFS, Filestore,"
+            " Azure Files) or set spec.resources.maxNodes: 1",
+        )
 
     # ------------------------------------------------------------------ supervising
     def _supervise(self, ctx: Ctx, spec: FineTuneJobSpec) -> None:
@@ -546,20 +563,15 @@ class Reconciler:
         interval = self.settings.progress_interval_seconds
         if not self.progress.due(meta.namespace, meta.name, interval):
             return
-        progress = report.model_dump(
-            by_alias=True,
-            exclude_none=True,
-            mode="json",
-            exclude={"namespace", "name", "attempt", "checkpoint", "checkpoint_step", "phase"},
-        )
-        progress["updatedAt"] = _ts(ctx.now)
-        if "percent" in progress:  # shown by `kubectl get ftj`
-            progress["percent"] = round(progress["percent"], 1)
-        ctx.status["progress"] = progress
+        progress = report.progress()
+        progress.updated_at = _ts(ctx.now)
+        if progress.percent is not None:  # shown by `kubectl get ftj`
+            progress.percent = round(progress.percent, 1)
+        ctx.status["progress"] = progress.to_k8s()
         if report.checkpoint:
-            ckpt = dict(ctx.status.get("checkpoints") or {})
-            ckpt.update({"latest": report.checkpoint, "latestStep": report.checkpoint_step})
-            ctx.status["checkpoints"] = ckpt
+            ckpt = CheckpointStatus.model_validate(ctx.status.get("checkpoints") or {})
+            ckpt.latest, ckpt.latest_step = report.checkpoint, report.checkpoint_step
+            ctx.status["checkpoints"] = ckpt.to_k8s()
         self.progress.mark_written(meta.namespace, meta.name)
 
     def _succeeded(self, ctx: Ctx, seen: Observation) -> None:
@@ -658,15 +670,16 @@ class Reconciler:
             change = "gradient checkpointing on"
         elif spec.method == "auto" and old.method == "lora":
             retry = spec.model_copy(update={"method": "qlora"})
-            # The probed config.json is not kept; the plan's parameter count is enough
-            # for a QLoRA re-plan when the spec gives no architecture.
-            arch = (
-                from_spec(spec.model.architecture)
-                if spec.model.architecture is not None
-                else rough_arch(old.parameters)
+            # The shape the first plan used (probed from config.json) is on the plan.
+            shape = old.architecture or spec.model.architecture
+            arch = from_spec(shape) if shape is not None else rough_arch(old.parameters)
+            size = (
+                DatasetSize(rows=old.dataset_rows, tokens=old.dataset_tokens)
+                if old.dataset_rows is not None
+                else None
             )
             try:
-                new = plan(retry, arch, self._pools())
+                new = plan(retry, arch, self._pools(), size)
             except PlanRefused as exc:
                 self._fail(ctx, "OutOfMemory", f"{message}; QLoRA does not fit either: {exc}")
             change = "method lora → qlora"
@@ -679,6 +692,21 @@ class Reconciler:
 
 
 # ---------------------------------------------------------------------- helpers
+def _probe_result(message: str) -> tuple[dict[str, Any] | None, DatasetSize | None, str]:
+    """(config.json keys, the data's size, why it was not counted) from the probe's
+    termination message, `{"config": ..., "dataset": ...}`."""
+    doc = json.loads(message)
+    if not isinstance(doc, dict):
+        raise ValueError("the probe's message is not a JSON object")
+    count = doc.get("dataset") or {}
+    size = None
+    if isinstance(count.get("rows"), int):
+        size = DatasetSize(
+            rows=count["rows"], tokens=count.get("tokens"), complete=bool(count.get("complete"))
+        )
+    return doc.get("config"), size, str(count.get("error") or "")
+
+
 def _fatal(seen: Observation) -> bool:
     if seen.reason in FATAL_STUCK:
         return True
@@ -694,61 +722,33 @@ def _fatal_reason(seen: Observation) -> str:
 
 
 def _apply_summary(st: dict[str, Any], summary: c.TerminationSummary, final: bool = True) -> None:
-    """Copies the trainer's termination summary into status fields."""
-    if summary.checkpoint:
-        ckpt = dict(st.get("checkpoints") or {})
-        ckpt["latest"] = summary.checkpoint
-        if summary.step is not None:
-            ckpt["latestStep"] = summary.step
-        if summary.best_checkpoint:
-            ckpt["best"] = summary.best_checkpoint
-        st["checkpoints"] = ckpt
+    """Copies the trainer's termination summary into status: its parts are the status's
+    own models, written as they are (dumped by alias), never re-keyed by hand."""
+    if summary.checkpoints is not None:
+        known = CheckpointStatus.model_validate(st.get("checkpoints") or {})
+        st["checkpoints"] = known.model_copy(
+            update=summary.checkpoints.model_dump(exclude_none=True)
+        ).to_k8s()
     if summary.data:
         st["data"] = dict(summary.data)
     if not final:
         return
-    progress = dict(st.get("progress") or {})
-    if summary.step is not None:
-        progress["step"] = summary.step
-    if summary.total_steps is not None:
-        progress["totalSteps"] = summary.total_steps
-    progress["percent"] = 100.0
-    progress["etaSeconds"] = 0
-    for key, target in (
-        ("train_loss", "loss"),
-        ("tokens_per_second", "tokensPerSecond"),
-        ("peak_memory_gib", "peakMemoryGiB"),
-    ):
-        # The live figures win: train_loss is the mean over the run, not the last loss.
-        if key in summary.metrics and target not in progress:
-            progress[target] = summary.metrics[key]
-    st["progress"] = progress
-    ev = summary.evaluation
-    evaluation: dict[str, Any] = {}
-    for key in ("baseline", "final"):
-        val = ev.get(key)
-        if isinstance(val, dict):
-            evaluation[key] = {_camel(k): v for k, v in val.items() if v is not None}
-    forgetting = ev.get("forgetting")
-    if isinstance(forgetting, dict) and forgetting:
-        f = {_camel(k): v for k, v in forgetting.items()}
-        if "passed" not in f and {"increasePercent", "limitPercent"} <= f.keys():
-            f["passed"] = f["increasePercent"] <= f["limitPercent"]
-        evaluation["forgetting"] = f
-    if isinstance(ev.get("passed"), bool):
-        evaluation["passed"] = ev["passed"]
-    if evaluation:
-        st["evaluation"] = evaluation
-    if summary.output:
-        st["output"] = {_camel(k): v for k, v in summary.output.items()}
-
-
-def _camel(key: str) -> str:
-    special = {"rouge_l": "rougeL", "peak_memory_gib": "peakMemoryGiB"}
-    if key in special:
-        return special[key]
-    head, *rest = key.split("_")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+    live = Progress.model_validate(st.get("progress") or {})
+    last = summary.progress or live
+    done = last.model_copy(
+        update={
+            "updated_at": live.updated_at,
+            "step": summary.step if summary.step is not None else last.step,
+            "total_steps": summary.total_steps or last.total_steps,
+            "percent": 100.0,
+            "eta_seconds": 0.0,
+        }
+    )
+    st["progress"] = done.to_k8s()
+    if summary.evaluation is not None:
+        st["evaluation"] = summary.evaluation.to_k8s()
+    if summary.output is not None:
+        st["output"] = summary.output.to_k8s()
 
 
 def _eval_message(ev: dict[str, Any]) -> str:
@@ -769,7 +769,8 @@ def _eval_message(ev: dict[str, Any]) -> str:
 
 def _success_message(st: dict[str, Any]) -> str:
     ev = _eval_message(st.get("evaluation") or {})
-    out = (st.get("output") or {}).get("adapter")
+    output = st.get("output") or {}
+    out = output.get("adapter") or output.get("model")
     msg = "training finished"
     if ev:
         msg += f"; {ev}"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 
+from kubetune import contract
+
 DEFAULT_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
 
 
@@ -32,7 +34,8 @@ class Settings(BaseModel):
     """Where the progress endpoint listens."""
     progress_url: str | None = None
     """URL trainer pods use to reach the endpoint (e.g. http://kubetune.kubetune-system.svc:8081)."""
-    master_port: int = 29500
+    master_port: int = contract.DEFAULT_MASTER_PORT
+    """Rendezvous port of the trainer pods (torchrun's MASTER_PORT)."""
     max_concurrent_launches: int = 10
     resync_seconds: float = 30.0
     """Reconcile each job at least this often, even without events."""

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from datasets import Dataset, Features, Value
 
+from kubetune import contract
 from kubetune.api.common import DataSource
 
 from ..storage import errors as store_errors
@@ -29,8 +30,8 @@ from ..storage import filesystem
 from . import decode
 from .errors import BadInputError
 
-PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/kubetune/pvc"
+PVC_ROOT_ENV = contract.ENV_PVC_ROOT
+DEFAULT_PVC_ROOT = contract.PVC_ROOT
 """Where the operator mounts claim `<claimName>`: `<root>/<claimName>`."""
 
 KNOWN_EXTENSIONS = {
