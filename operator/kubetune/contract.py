@@ -11,6 +11,7 @@ from enum import IntEnum
 from pydantic import Field
 
 from .api.base import ApiModel
+from .api.phases import TrainerPhase
 
 # --------------------------------------------------------------------------- env
 ENV_CONFIG = "KUBETUNE_CONFIG"  # path of the resolved TrainerConfig (YAML)
@@ -147,5 +148,5 @@ class ProgressReport(ApiModel):
     peak_memory_gi_b: float | None = Field(default=None, alias="peakMemoryGiB")
     checkpoint: str | None = None
     checkpoint_step: int | None = None
-    phase: str | None = None
-    """`training` or `evaluating`."""
+    phase: TrainerPhase | None = None
+    """`training` or `evaluating` (the operator's Running or Evaluating phase)."""

@@ -14,6 +14,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import SFTTrainer
 
+from kubetune.api.phases import TrainerPhase
 from kubetune.contract import ProgressReport
 
 from . import checkpoints
@@ -148,6 +149,13 @@ class ProgressCallback(TrainerCallback):
         self.start_tokens = 0
         self.tokens_per_second: float | None = None
         self.checkpoint: tuple[str, int] | None = None
+        self.last: ProgressReport | None = None
+
+    def evaluating(self) -> None:
+        """Training is over and the tuned model is being scored: the operator shows the
+        job as Evaluating, with the last training figures."""
+        last = self.last or ProgressReport(**self.ident)
+        self.reporter.submit(last.model_copy(update={"phase": TrainerPhase.EVALUATING}))
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -187,24 +195,23 @@ class ProgressCallback(TrainerCallback):
         if torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / 2**30
         loss = logs.get("loss")
-        self.reporter.submit(
-            ProgressReport(
-                **self.ident,
-                step=state.global_step,
-                total_steps=state.max_steps or None,
-                epoch=state.epoch,
-                loss=loss if loss is not None and math.isfinite(loss) else None,
-                learning_rate=logs.get("learning_rate"),
-                grad_norm=logs.get("grad_norm"),
-                tokens_per_second=self.tokens_per_second,
-                eta_seconds=eta,
-                percent=100.0 * state.global_step / state.max_steps if state.max_steps else None,
-                peak_memory_gi_b=peak,
-                checkpoint=self.checkpoint[0] if self.checkpoint else None,
-                checkpoint_step=self.checkpoint[1] if self.checkpoint else None,
-                phase="training",
-            )
+        self.last = ProgressReport(
+            **self.ident,
+            step=state.global_step,
+            total_steps=state.max_steps or None,
+            epoch=state.epoch,
+            loss=loss if loss is not None and math.isfinite(loss) else None,
+            learning_rate=logs.get("learning_rate"),
+            grad_norm=logs.get("grad_norm"),
+            tokens_per_second=self.tokens_per_second,
+            eta_seconds=eta,
+            percent=100.0 * state.global_step / state.max_steps if state.max_steps else None,
+            peak_memory_gi_b=peak,
+            checkpoint=self.checkpoint[0] if self.checkpoint else None,
+            checkpoint_step=self.checkpoint[1] if self.checkpoint else None,
+            phase=TrainerPhase.TRAINING,
         )
+        self.reporter.submit(self.last)
 
 
 class KubetuneSFTTrainer(SFTTrainer):
