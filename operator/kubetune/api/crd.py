@@ -14,7 +14,16 @@ from typing import Any
 
 import yaml
 
-from .constants import CATEGORIES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from .constants import (
+    CATEGORIES,
+    GROUP,
+    KIND,
+    MAX_NAME_LENGTH,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+)
 from .spec import FineTuneJobSpec
 from .status import FineTuneJobStatus
 
@@ -164,18 +173,30 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "kubetune.io/v1alpha1",
             },
             "kind": {"type": "string", "maxLength": 64, "description": "FineTuneJob"},
-            # The API server allows nothing but `type` here.
-            "metadata": {"type": "object"},
+            # The API server allows only rules on metadata.name and generateName here. On
+            # the field itself, the error names `metadata.name`, as `kubetune validate` does.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "description": "The job's name; its child objects add suffixes to it.",
+                        "maxLength": 253,
+                        "x-kubernetes-validations": [
+                            {
+                                "rule": f"size(self) <= {MAX_NAME_LENGTH}",
+                                "message": f"must be at most {MAX_NAME_LENGTH} characters"
+                                " (child objects append suffixes)",
+                            }
+                        ],
+                    }
+                },
+            },
             "spec": spec,
             "status": status,
         },
         "x-kubernetes-validations": [
             immutability_rule(),
-            {
-                "rule": "size(self.metadata.name) <= 48",
-                "message": "metadata.name must be at most 48 characters (child objects append"
-                " suffixes)",
-            },
         ],
     }
 
