@@ -63,7 +63,7 @@ def test_server_refuses_what_validate_refuses(
         _create(k8s, namespace, _doc(path))
     assert err.value.status == 422
     # ... and names the same field as the API server.
-    causes = json.loads(err.value.body)["details"]["causes"]
+    causes = json.loads(err.value.body or "{}")["details"]["causes"]
     fields = {c.get("field") for c in causes}
     assert {p.path for p in problems} <= fields, causes
 
