@@ -127,13 +127,16 @@ def observed(body: dict[str, Any]) -> bool:
     return st.get("observedGeneration") == body["metadata"]["generation"]
 
 
-def settled(phase: Phase, reason: str | None = None) -> Callable[[dict[str, Any]], bool]:
+def settled(
+    phase: Phase, reason: str | None = None, says: str = ""
+) -> Callable[[dict[str, Any]], bool]:
     def ok(body: dict[str, Any]) -> bool:
         st = body.get("status") or {}
         return (
             observed(body)
             and st.get("phase") == phase
             and (reason is None or cond(body, "Reconciling").get("reason") == reason)
+            and says in st.get("message", "")
         )
 
     return ok
@@ -297,7 +300,9 @@ def drive(cluster: LocalCluster, k8s: client.ApiClient, namespace: str) -> Itera
             return observed(body) and cond(body, "Stalled").get("reason") == Reason.NO_CAPACITY
 
         yield live(
-            "planning (the model probe waits for its claim)", "planning", settled(Phase.PLANNING)
+            "planning (the model probe waits for its claim)",
+            "planning",
+            settled(Phase.PLANNING, says="unbound immediate PersistentVolumeClaims"),
         )
         yield live(
             "launched, pods wait for GPUs (Insufficient nvidia.com/gpu)",

@@ -195,6 +195,8 @@ class ProgressCallback(TrainerCallback):
         if torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / 2**30
         loss = logs.get("loss")
+        if loss is None and self.last is not None:
+            loss = self.last.loss  # evaluation and end-of-run logs carry no training loss
         self.last = ProgressReport(
             **self.ident,
             step=state.global_step,

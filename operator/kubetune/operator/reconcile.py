@@ -361,6 +361,9 @@ class Reconciler:
         if seen.state == "stuck" and _fatal(seen):
             self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             self._fail(ctx, _fatal_reason(seen), seen.message)
+        if seen.state == "stuck":  # say why planning takes long (e.g. an unbound claim)
+            msg = f"reading the model's shape: the probe {seen.message}"
+            ctx.phase(Phase.PLANNING, Reason.PLANNING, msg)
         return None
 
     def _probe_backoff(self, ctx: Ctx, pod: str, term: dict[str, Any], detail: str) -> None:
