@@ -554,7 +554,10 @@ class Reconciler:
         (a cluster autoscaler or the queue will resolve it), until the operator's grace
         period has passed; then Stalled, still waiting, so that a person looks."""
         grace = self.settings.capacity_grace_seconds
-        since = seen.stuck_since or ctx.now
+        not_running = get_condition(ctx.status.get("conditions", []), ConditionType.RUNNING)
+        since = (
+            seen.stuck_since or _parse_ts((not_running or {}).get("lastTransitionTime")) or ctx.now
+        )
         waited = (ctx.now - since).total_seconds()
         stalled = grace > 0 and waited >= grace
         # Static text (no running clock), so that the status changes only when the state does.
