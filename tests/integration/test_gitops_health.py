@@ -272,7 +272,7 @@ def drive(cluster: LocalCluster, k8s: client.ApiClient, namespace: str) -> Itera
     shaped: dict[str, Any] = {"model": {"hf": {"repo": "org/tiny"}, "architecture": TINY_ARCH}}
     _gpu_holder(k8s, namespace)
     _unbound_claim(k8s, namespace, "models.unbound")
-    training = {**yaml.safe_load(DEMO.read_text())["spec"]["training"], "epochs": 3}
+    training = {**yaml.safe_load(DEMO.read_text())["spec"]["training"], "epochs": 1}
     trained = Recorder(k8s, namespace, "trained")
     try:
         # Everything starts at once; the training run takes longest.
