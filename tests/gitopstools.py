@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -48,16 +49,23 @@ def health(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- schemas
-def write_schemas(cluster: LocalCluster, out: Path) -> Path:
+def write_schemas(cluster: LocalCluster, out: Path, wait_for: tuple[str, ...] = ()) -> Path:
     """Strict standalone JSON schemas for every kind the API server serves (CRDs included),
     named as kubeconform looks them up: `{{ .ResourceKind }}{{ .KindSuffix }}.json`, e.g.
     `deployment-apps-v1.json`, `finetunejob-kubetune-v1alpha1.json`. Strict means what
     `kubeconform -strict` expects of its `-strict` schemas: objects refuse properties their
-    schema does not list (where the API server prunes or refuses them too)."""
+    schema does not list (where the API server prunes or refuses them too). A CRD's
+    group-version appears in the OpenAPI a moment after the CRD is created: `wait_for` names
+    those to wait for (e.g. `apis/kubetune.io/v1alpha1`)."""
     out.mkdir(parents=True, exist_ok=True)
     api = cluster.api_client()
     try:
+        deadline = time.monotonic() + 60
         index = _get(api, "/openapi/v3")["paths"]
+        while not set(wait_for) <= index.keys():
+            assert time.monotonic() < deadline, f"not in the OpenAPI after 60 s: {wait_for}"
+            time.sleep(0.5)
+            index = _get(api, "/openapi/v3")["paths"]
         components: dict[str, Any] = {}
         for path, ref in index.items():
             if path.startswith("api/") or (path.startswith("apis/") and path.count("/") == 2):

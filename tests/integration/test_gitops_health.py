@@ -441,10 +441,11 @@ def schemas(
 ) -> Path:
     """kubeconform's schemas from this API server, with the ServiceMonitor CRD installed."""
     local_cluster.kubectl("apply", "--server-side", "-f", str(gitopstools.servicemonitor_crd()))
-    local_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com"
+    return gitopstools.write_schemas(
+        local_cluster,
+        tmp_path_factory.mktemp("schemas"),
+        wait_for=("apis/monitoring.coreos.com/v1", f"apis/{GROUP}/{VERSION}"),
     )
-    return gitopstools.write_schemas(local_cluster, tmp_path_factory.mktemp("schemas"))
 
 
 def test_kubeconform_strict_accepts_every_chart_variant_and_example(
