@@ -97,12 +97,17 @@ demo-down: $(STAMP)
 
 # The local cluster's binaries (kube-apiserver, -controller-manager, -scheduler, kubectl from
 # source; etcd from Debian) and helm, cached under $(KUBETUNE_CACHE)/k8s-<v>, helm-<v>.
-.PHONY: k8s-bins helm
+.PHONY: k8s-bins helm gitops-tools
 k8s-bins:
 	hack/build-k8s.sh k8s
 
 helm:
 	hack/build-k8s.sh helm
+
+# kstatus (cli-utils and Flux's fork), Argo CD's Lua runtime and kubeconform, for the health
+# tests; cached under $(KUBETUNE_CACHE)/gitops-tools-<hash>.
+gitops-tools:
+	hack/build-gitops-tools.sh
 
 clean-venv:
 	rm -rf $(VENV)

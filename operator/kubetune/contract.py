@@ -12,6 +12,7 @@ from enum import IntEnum
 from pydantic import Field
 
 from .api.base import ApiModel
+from .api.phases import TrainerPhase
 from .api.status import CheckpointStatus, EvaluationStatus, OutputStatus, Progress
 
 # --------------------------------------------------------------------------- env
@@ -149,8 +150,8 @@ class ProgressReport(Progress):
     attempt: int = 0
     checkpoint: str | None = None
     checkpoint_step: int | None = None
-    phase: str | None = None
-    """`training` or `evaluating`."""
+    phase: TrainerPhase | None = None
+    """`training` or `evaluating` (the operator's Running or Evaluating phase)."""
 
     def progress(self) -> Progress:
         """The status.progress part of the report."""

@@ -58,6 +58,8 @@ class OperatorProcess:
             "KUBETUNE_RETRY_BACKOFF_SECONDS": "1",
             "KUBETUNE_RESYNC_SECONDS": "5",
             "KUBETUNE_TERMINATION_GRACE_SECONDS": "20",
+            # Waits for GPUs or a queue turn into a stall after this (test_gitops_health).
+            "KUBETUNE_CAPACITY_GRACE_SECONDS": "20",
             "KUBETUNE_LOG_FORMAT": "plain",
             **(env or {}),
         }

@@ -245,4 +245,10 @@ def test_wrong_jobs_fail_with_the_cause_and_are_not_retried(
             problems.append(f"{name}: {failed.get('reason')}: {st.get('message')}")
         if st.get("restarts", 0) != 0 or st.get("attempt", 0) > 1:
             problems.append(f"{name}: retried (attempt {st.get('attempt')})")
+        # The probe's message and the operator's prefix once said it all twice.
+        twice = [
+            p for p in ("cannot read config.json", "pvc models:/") if st["message"].count(p) > 1
+        ]
+        if twice:
+            problems.append(f"{name}: says {twice} twice: {st['message']}")
     assert problems == []

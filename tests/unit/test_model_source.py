@@ -122,6 +122,16 @@ def test_probe_reports_config_or_why_not(
 
     code, out = _probe({"path": str(tmp_path / "nope")}, tmp_path, monkeypatch)
     assert code == c.ExitCode.BAD_INPUT and out["reason"] == "ModelConfigUnreadable"
+    # Said once: the operator puts "spec.model: cannot read config.json:" in front.
+    assert out["message"] == f"{tmp_path / 'nope'}: no such directory"
+
+    code, out = _probe({"pvc": {"claimName": "models", "path": "m"}}, tmp_path, monkeypatch)
+    assert out["message"].startswith("pvc models:/m: no such directory (")
+    assert "config.json" not in out["message"]
+
+    (tmp_path / "empty").mkdir()
+    code, out = _probe({"path": str(tmp_path / "empty")}, tmp_path, monkeypatch)
+    assert out["message"].count(str(tmp_path / "empty")) == 1, out["message"]
 
     hub.answer = 503  # type: ignore[attr-defined]
     code, out = _probe({"hf": {"repo": "org/model"}}, tmp_path, monkeypatch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kubetune.api.phases import Phase
 from kubetune.contract import ExitCode
 from kubetune.operator.conditions import set_condition, with_kstatus
 from kubetune.operator.observe import observe
@@ -135,13 +136,22 @@ def test_condition_transition_time_moves_only_on_change() -> None:
 
 def test_kstatus_trio() -> None:
     def state(phase: str) -> dict[str, str]:
-        conds = with_kstatus([], phase, "r", "m", 1, "t")
+        conds = with_kstatus([], Phase(phase), "r", "m", 1, "t")
         return {x["type"]: x["status"] for x in conds}
 
     assert state("Succeeded")["Ready"] == "True"
     assert state("Running")["Reconciling"] == "True"
     assert state("Failed")["Stalled"] == "True" and state("Failed")["Reconciling"] == "False"
     assert state("Suspended")["Suspended"] == "True"
+    # kstatus reads Ready=False as InProgress: a job suspended as asked is at rest.
+    assert state("Suspended")["Ready"] == "True" and state("Suspended")["Reconciling"] == "False"
+    for phase in Phase:
+        s = state(phase)
+        assert not (s["Reconciling"] == s["Stalled"] == "True"), phase
+    stalled = {
+        x["type"]: x["status"] for x in with_kstatus([], Phase.PENDING, "r", "m", 1, "t", True)
+    }
+    assert stalled["Stalled"] == "True" and stalled["Reconciling"] == "False"
 
 
 def test_merge_patch_only_changes_and_nulls_removed_keys() -> None:

@@ -179,6 +179,40 @@ def test_progress_never_blocks_on_a_dead_endpoint() -> None:
     assert reporter.sent == 0
 
 
+def test_progress_callback_reports_the_last_loss_and_evaluating() -> None:
+    """The operator shows the report as status.message and turns `evaluating` into the
+    Evaluating phase; logs without a training loss (evaluation, end of run) keep the last."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from kubetune.api.phases import TrainerPhase
+    from kubetune_trainer.callbacks import ProgressCallback
+
+    class Sink:
+        reports: list[ProgressReport] = []
+
+        def submit(self, report: ProgressReport) -> None:
+            self.reports.append(report)
+
+    sink = Sink()
+    cb = ProgressCallback(sink, "ns", "j", attempt=2)  # type: ignore[arg-type]
+    state = TrainerState(max_steps=10)
+    args, control = TrainingArguments(output_dir="/tmp/unused"), TrainerControl()
+    cb.on_train_begin(args, state, control)
+    state.global_step = 5
+    cb.on_log(args, state, control, logs={"loss": 1.5})
+    state.global_step = 10
+    cb.on_log(args, state, control, logs={"eval_loss": 1.2})
+    cb.evaluating()
+    first, second, third = sink.reports
+    assert (first.loss, second.loss, third.loss) == (1.5, 1.5, 1.5)
+    assert [r.phase for r in sink.reports] == [
+        TrainerPhase.TRAINING,
+        TrainerPhase.TRAINING,
+        TrainerPhase.EVALUATING,
+    ]
+    assert third.step == 10 and third.attempt == 2
+
+
 # ------------------------------------------------------------------ distributed configs
 def test_world_from_env_and_plan() -> None:
     plan = make_plan("full", nodes=2, gpusPerNode=4)

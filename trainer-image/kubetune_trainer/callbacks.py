@@ -15,6 +15,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import SFTTrainer
 
+from kubetune.api.phases import TrainerPhase
 from kubetune.contract import ProgressReport
 
 from . import checkpoints
@@ -165,6 +166,12 @@ class ProgressCallback(TrainerCallback):
         self.last: ProgressReport | None = None
         """The newest report (the run's final progress goes into its summary)."""
 
+    def evaluating(self) -> None:
+        """Training is over and the tuned model is being scored: the operator shows the
+        job as Evaluating, with the last training figures."""
+        last = self.last or ProgressReport(**self.ident)
+        self.reporter.submit(last.model_copy(update={"phase": TrainerPhase.EVALUATING}))
+
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -203,8 +210,8 @@ class ProgressCallback(TrainerCallback):
         if torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / 2**30
         loss = logs.get("loss")
-        if loss is None and self.last is not None:  # an evaluation log: keep the last loss
-            loss = self.last.loss
+        if loss is None and self.last is not None:
+            loss = self.last.loss  # evaluation and end-of-run logs carry no training loss
         self.last = ProgressReport(
             **self.ident,
             step=state.global_step,
@@ -219,7 +226,7 @@ class ProgressCallback(TrainerCallback):
             peak_memory_gi_b=peak,
             checkpoint=self.checkpoint[0] if self.checkpoint else None,
             checkpoint_step=self.checkpoint[1] if self.checkpoint else None,
-            phase="training",
+            phase=TrainerPhase.TRAINING,
         )
         self.reporter.submit(self.last)
 

@@ -75,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
         except Retryable as exc:
             # The store is down or unreachable: the operator probes again after a backoff.
             return _fail("ModelSourceUnreachable", str(exc), c.ExitCode.RETRYABLE)
-        except (BadInput, OSError, ValueError) as exc:
-            message = f"cannot read config.json from {describe(model)}: {exc}"
-            return _fail("ModelConfigUnreadable", message, c.ExitCode.BAD_INPUT)
+        except BadInput as exc:  # it names the model's location already
+            return _fail("ModelConfigUnreadable", str(exc), c.ExitCode.BAD_INPUT)
+        except (OSError, ValueError) as exc:
+            # The operator says "cannot read config.json" around this: say only where and why.
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            return _fail("ModelConfigUnreadable", f"{describe(model)}: {why}", c.ExitCode.BAD_INPUT)
         out["config"] = {k: raw[k] for k in KEYS if k in raw}
     if args.dataset:
         out["dataset"] = _count(args.dataset)

@@ -55,7 +55,10 @@ def resolve(
     else:
         local = _from_store(model, Path(scratch) / "model", files)
     if not local.is_dir():
-        raise BadInput(f"{describe(model)}: no such directory ({local})")
+        where = describe(model)
+        raise BadInput(
+            f"{where}: no such directory" + (f" ({local})" if str(local) != where else "")
+        )
     return local
 
 

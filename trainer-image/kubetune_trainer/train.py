@@ -458,6 +458,8 @@ class FineTuneRecipe:
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self) -> None:
+        if self.state.is_main_process:
+            self.progress.evaluating()
         # Under ZeRO-3 the engine gathers each layer's shards as it runs, a collective:
         # every rank scores the same rows in step, rank 0 keeps the result.
         if not self.state.is_main_process and not self.zero3:

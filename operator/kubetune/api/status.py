@@ -6,36 +6,21 @@ stable contract shared with `kubetune plan -o json` and the trainer config.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field
 
 from .base import ApiModel
+from .phases import Phase
 from .spec import Architecture, Toleration
-
-Phase = Literal[
-    "Pending", "Planning", "Queued", "Running", "Evaluating", "Succeeded", "Failed", "Suspended"
-]
-ConditionType = Literal[
-    "Valid",
-    "Planned",
-    "Launched",
-    "Running",
-    "Succeeded",
-    "Failed",
-    "Suspended",
-    "EvaluationPassed",
-    "Ready",
-    "Reconciling",
-    "Stalled",
-]
 
 
 class Condition(ApiModel):
     """A condition in the Kubernetes convention (metav1.Condition)."""
 
     type: str
-    """Condition type, e.g. Planned."""
+    """Condition type, e.g. Planned (see `ConditionType`)."""
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: str = ""
@@ -158,6 +143,32 @@ class Progress(ApiModel):
     """When rank 0 last reported (RFC 3339)."""
 
 
+def duration_text(seconds: float | None) -> str:
+    """`2m10s`, `1h05m`; `-` when unknown."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def progress_parts(progress: Mapping[str, Any]) -> list[str]:
+    """`step 40/120 (33%)`, `loss 1.23`, `812 tok/s`, `ETA 2m10s` from a status.progress
+    (wire form), leaving out what is unknown. `status.message` joins them while the job
+    runs (what Argo CD and kstatus show), and `kubetune status` prints them."""
+    total = progress.get("totalSteps")
+    step = f"step {progress.get('step', 0)}" + (f"/{total}" if total else "")
+    if progress.get("percent") is not None:
+        step += f" ({progress['percent']:.0f}%)"
+    parts = [step]
+    if progress.get("loss") is not None:
+        parts.append(f"loss {progress['loss']:.4g}")
+    if progress.get("tokensPerSecond") is not None:
+        parts.append(f"{progress['tokensPerSecond']:.0f} tok/s")
+    if progress.get("etaSeconds") is not None:
+        parts.append(f"ETA {duration_text(progress['etaSeconds'])}")
+    return parts
+
+
 class CheckpointStatus(ApiModel):
     """Checkpoints written so far."""
 
@@ -247,7 +258,7 @@ class FineTuneJobStatus(ApiModel):
     phase: Phase | None = None
     """Pending, Planning, Queued, Running, Evaluating, Succeeded, Failed or Suspended."""
     message: str | None = None
-    """One line on the current state."""
+    """One line on the current state; while training: step, loss, speed and ETA."""
     conditions: list[Condition] = Field(default_factory=list)
     """Valid, Planned, Launched, Running, Succeeded, Failed, Suspended, EvaluationPassed,
     and the kstatus trio Ready/Reconciling/Stalled."""

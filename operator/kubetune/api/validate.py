@@ -147,8 +147,23 @@ def problems_from_error(exc: ValidationError, prefix: tuple[int | str, ...] = ()
                 close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
                 if close:
                     msg += f" (did you mean {close[0]}?)"
+        elif err["type"] == "value_error":
+            loc += _rule_field(loc, msg)
         problems.append(Problem(path=_path(loc), message=msg))
     return problems
+
+
+def _rule_field(loc: tuple[int | str, ...], message: str) -> tuple[str, ...]:
+    """Where the API server reports a model-level rule: its CEL rule's `fieldPath` (e.g.
+    `.qlora` under `spec`), found by the message the Python validator shares with it."""
+    model = _model_at(loc)
+    extra: Any = model.model_config.get("json_schema_extra") if model is not None else None
+    rules: list[dict[str, str]] = (extra or {}).get("x-kubernetes-validations", [])
+    for rule in rules:
+        path = rule.get("fieldPath")
+        if path and message.startswith(rule["message"]):
+            return tuple(p for p in path.split(".") if p)
+    return ()
 
 
 # --------------------------------------------------------------------------- YAML with lines

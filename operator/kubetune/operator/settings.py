@@ -46,6 +46,11 @@ class Settings(BaseModel):
     """Time a trainer gets to checkpoint after SIGTERM (suspend, preemption)."""
     image_pull_timeout_seconds: float = 300.0
     """ErrImagePull/ImagePullBackOff for longer than this fails the attempt."""
+    capacity_grace_seconds: float = Field(default=1800.0, ge=0)
+    """Trainer pods the scheduler cannot place (e.g. Insufficient nvidia.com/gpu, while a
+    cluster autoscaler adds nodes) or a Job queued by Kueue are progress, not a failure,
+    for this long; after it the job reads Stalled (Flux: Failed, Argo CD: Degraded) while
+    it keeps waiting. 0 waits without ever stalling."""
     probe_timeout_seconds: float = 300.0
     """How long the model-config probe pod may take."""
     leader_election: bool = False
@@ -93,6 +98,7 @@ class Settings(BaseModel):
             "KUBETUNE_SHM_SIZE": "shm_size",
             "KUBETUNE_TERMINATION_GRACE_SECONDS": "termination_grace_seconds",
             "KUBETUNE_IMAGE_PULL_TIMEOUT_SECONDS": "image_pull_timeout_seconds",
+            "KUBETUNE_CAPACITY_GRACE_SECONDS": "capacity_grace_seconds",
             "KUBETUNE_PROBE_TIMEOUT_SECONDS": "probe_timeout_seconds",
             "KUBETUNE_LEADER_ELECTION": "leader_election",
             "KUBETUNE_LEASE_NAME": "lease_name",
