@@ -7,10 +7,12 @@ a cluster. Users may not set env vars whose names are reserved here.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 from pydantic import Field
 
 from .api.base import ApiModel
+from .api.status import Advice
 
 # --------------------------------------------------------------------------- env
 ENV_CONFIG = "KUBETUNE_CONFIG"  # path of the resolved TrainerConfig (YAML)
@@ -118,8 +120,9 @@ class TerminationSummary(ApiModel):
     total_steps: int | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     """Final training figures (train loss, runtime, tokens/s, peak memory GiB)."""
-    evaluation: dict[str, dict[str, float] | bool | None] = Field(default_factory=dict)
-    """baseline/final metric maps, forgetting figures, passed."""
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+    """`status.evaluation` in its wire form (api.status.EvaluationStatus): baselines,
+    final, perEpoch, bestMetric, forgetting, benchmarks, gate, passed."""
     checkpoint: str | None = None
     """Newest complete checkpoint."""
     best_checkpoint: str | None = None
@@ -127,6 +130,8 @@ class TerminationSummary(ApiModel):
     """adapter, merged, report, dataReport, lossCurve, modelCard paths."""
     data: dict[str, int] = Field(default_factory=dict)
     """The data report's counts."""
+    advice: list[Advice] = Field(default_factory=list)
+    """Rules of thumb that apply (status.advice)."""
 
 
 class ProgressReport(ApiModel):
