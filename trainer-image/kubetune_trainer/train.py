@@ -129,6 +129,7 @@ class FineTuneRecipe:
         self.output: dict[str, str] = {}
         self.resumed_from: str | None = None
         self.trainer: Any = None
+        self.train_history: list[dict[str, Any]] = []
 
     def _precision(self) -> str:
         """bf16/fp16 as planned where the hardware has it; fp32 on CPU."""
@@ -543,6 +544,8 @@ class FineTuneRecipe:
         if latest:
             log.info("resuming from %s (step %d)", latest.path, latest.step)
         result = self.trainer.train(resume_from_checkpoint=self.resumed_from)
+        # the evaluations of the run (a later trainer.evaluate() logs into the same history)
+        self.train_history = list(self.trainer.state.log_history)
         self.train_metrics = {
             k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)
         }
@@ -652,7 +655,7 @@ class FineTuneRecipe:
             "fewShot": figures(base.get("fewShot")),
             "previous": figures(base.get("previous")),
             "final": dict(final),
-            "perEpoch": selection.per_epoch(self.trainer.state.log_history),
+            "perEpoch": selection.per_epoch(self.train_history),
             "bestMetric": selection.best(self.trainer.state, self.watch, self.best_loaded),
         }
         forgetting = None

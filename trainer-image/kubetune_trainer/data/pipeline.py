@@ -619,7 +619,7 @@ class Pipeline:
             out["validation"] = ", ".join(uses)
         task = [m for m in ev.metrics if m not in ("loss", "perplexity")]
         if task:
-            out["test"] = f"the task metrics ({', '.join(task)}) and the gate's task-metric part"
+            out["test"] = f"task metrics ({', '.join(task)}) and no gate task-metric check"
         return out
 
     def refuse_without_validation(self, advice: list[dict[str, Any]]) -> None:

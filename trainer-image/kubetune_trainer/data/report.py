@@ -109,9 +109,9 @@ def split_advice(
                     "split": role,
                     "stage": culprit,
                     "message": (
-                        f"the {role} split is empty after the {culprit} stage: {cause}; this"
-                        f" job has no {use}. Give spec.dataset.{role} as a separate source, or"
-                        " add distinct rows, or relax spec.dataset.dedup"
+                        f"the {role} split is empty after the {culprit} stage: {cause};"
+                        f" without it this job runs with no {use}. Give spec.dataset.{role} as"
+                        " a separate source, or add distinct rows, or relax spec.dataset.dedup"
                     ),
                     "value": 0,
                     "threshold": MIN_EVAL_ROWS,
