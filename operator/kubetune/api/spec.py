@@ -92,6 +92,10 @@ class ModelSpec(ModelSource):
     trust_remote_code: bool = False
     """Run the model repository's own Python code. Only for sources you trust."""
 
+    def location(self) -> ModelSource:
+        """Where the model is, without the planning and loading settings."""
+        return ModelSource.model_validate(self.model_dump(include=set(ModelSource.model_fields)))
+
 
 # --------------------------------------------------------------------------- dataset
 DatasetFormat = Literal[

@@ -17,9 +17,16 @@ from kubetune import contract as c
 from kubetune.api import API_VERSION, KIND
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.status import Plan
-from kubetune.api.trainer_config import JobRef, ProgressTarget, RuntimePaths, TrainerConfig
+from kubetune.api.trainer_config import (
+    JobRef,
+    PreviousModel,
+    ProgressTarget,
+    RuntimePaths,
+    TrainerConfig,
+)
 
 from . import naming
+from .previous import claims as previous_claims
 from .settings import Settings
 
 TRAINER_CONTAINER = "trainer"
@@ -90,12 +97,15 @@ def _metadata(name: str, job: JobMeta, attempt: int | None, component: str) -> d
 
 
 # --------------------------------------------------------------------------- volumes
-def claims(spec: FineTuneJobSpec) -> dict[str, bool]:
-    """Every PVC the job reads or writes → whether it must be writable."""
+def claims(spec: FineTuneJobSpec, previous: PreviousModel | None = None) -> dict[str, bool]:
+    """Every PVC the job reads or writes → whether it must be writable (with the claims of
+    a previous job's output scored as a baseline)."""
     out: dict[str, bool] = {}
     for src in spec.sources():
         if src.pvc is not None:
             out.setdefault(src.pvc.claim_name, False)
+    for claim in previous_claims(previous):
+        out.setdefault(claim, False)
     if spec.output and spec.output.pvc:
         out[spec.output.pvc.claim_name] = True
     return out
@@ -148,9 +158,15 @@ def progress_endpoint(settings: Settings) -> str | None:
 
 
 def trainer_config(
-    job: JobMeta, spec: FineTuneJobSpec, plan: Plan, settings: Settings, attempt: int
+    job: JobMeta,
+    spec: FineTuneJobSpec,
+    plan: Plan,
+    settings: Settings,
+    attempt: int,
+    previous: PreviousModel | None = None,
 ) -> TrainerConfig:
     return TrainerConfig(
+        previous=previous,
         job=JobRef(namespace=job.namespace, name=job.name, uid=job.uid, attempt=attempt),
         spec=spec,
         plan=plan,
@@ -164,9 +180,14 @@ def trainer_config(
 
 
 def config_map(
-    job: JobMeta, spec: FineTuneJobSpec, plan: Plan, settings: Settings, attempt: int
+    job: JobMeta,
+    spec: FineTuneJobSpec,
+    plan: Plan,
+    settings: Settings,
+    attempt: int,
+    previous: PreviousModel | None = None,
 ) -> dict[str, Any]:
-    cfg = trainer_config(job, spec, plan, settings, attempt)
+    cfg = trainer_config(job, spec, plan, settings, attempt, previous)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -249,7 +270,12 @@ def _env(job: JobMeta, plan: Plan, settings: Settings, attempt: int) -> list[dic
 
 
 def _volumes(
-    job: JobMeta, spec: FineTuneJobSpec, settings: Settings, attempt: int, gcs: list[str]
+    job: JobMeta,
+    spec: FineTuneJobSpec,
+    settings: Settings,
+    attempt: int,
+    gcs: list[str],
+    previous: PreviousModel | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     shm = spec.resources.shm_size or settings.shm_size
     volumes: list[dict[str, Any]] = [
@@ -262,7 +288,7 @@ def _volumes(
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    writable = claims(spec)
+    writable = claims(spec, previous)
     if not (spec.output and spec.output.pvc):
         volumes.append({"name": "output", "emptyDir": {}})
         mounts.append({"name": "output", "mountPath": c.OUTPUT_DIR})
@@ -370,6 +396,7 @@ def trainer_job(
     placement: Placement,
     settings: Settings,
     attempt: int,
+    previous: PreviousModel | None = None,
 ) -> dict[str, Any]:
     """One attempt's Indexed Job: one pod per node, gang-failed as a whole.
 
@@ -377,7 +404,7 @@ def trainer_job(
     attempt of all ranks from the latest checkpoint, so no rank is left hanging in NCCL.
     """
     env_creds, s3, gcs = _credentials(spec)
-    volumes, mounts = _volumes(job, spec, settings, attempt, gcs)
+    volumes, mounts = _volumes(job, spec, settings, attempt, gcs, previous)
     resources: dict[str, Any] = {"limits": {}, "requests": {}}
     if plan.gpus_per_node > 0:
         resources["limits"]["nvidia.com/gpu"] = str(plan.gpus_per_node)

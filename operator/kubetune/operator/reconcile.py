@@ -26,7 +26,8 @@ from pydantic import ValidationError
 from kubetune import contract as c
 from kubetune.api import API_VERSION, KIND
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.api.status import Plan
+from kubetune.api.status import EvaluationStatus, Plan
+from kubetune.api.trainer_config import PreviousModel
 from kubetune.api.validate import problems_from_error
 from kubetune.contract import ExitCode
 from kubetune.planner import (
@@ -43,7 +44,7 @@ from kubetune.planner import (
 )
 from kubetune.planner.architecture import from_spec, rough_arch
 
-from . import manifests, metrics, naming
+from . import manifests, metrics, naming, previous
 from .conditions import get_condition, set_condition, with_kstatus
 from .kube import Kube
 from .observe import Observation, observe, parse_summary, terminated
@@ -410,13 +411,16 @@ class Reconciler:
     def _launch(self, ctx: Ctx, spec: FineTuneJobSpec, attempt: int) -> None:
         meta = ctx.meta
         plan_ = Plan.model_validate(ctx.status["plan"])
+        prev = self._previous(ctx, spec)
         objects = [manifests.headless_service(meta, self.settings)]
         claim = manifests.output_claim(meta, spec)
         if claim is not None:
             objects.append(claim)
-        objects.append(manifests.config_map(meta, spec, plan_, self.settings, attempt))
+        objects.append(manifests.config_map(meta, spec, plan_, self.settings, attempt, prev))
         objects.append(
-            manifests.trainer_job(meta, spec, plan_, self._placement(plan_), self.settings, attempt)
+            manifests.trainer_job(
+                meta, spec, plan_, self._placement(plan_), self.settings, attempt, prev
+            )
         )
         for obj in objects:
             self.kube.create(obj)
@@ -434,6 +438,24 @@ class Reconciler:
             )
         ctx.phase("Pending", "Launched", f"Job {name} created; waiting for its pods")
         ctx.again(2.0)
+
+    def _previous(self, ctx: Ctx, spec: FineTuneJobSpec) -> PreviousModel | None:
+        """The `previous` baseline given as another job: its output location. Waits while
+        that job runs; fails this one when it cannot serve (missing, failed, no output)."""
+        ref = spec.evaluation.previous
+        if ref is None or ref.job is None:
+            return None
+        meta = ctx.meta
+        other = self.kube.get_job_resource(meta.namespace, ref.job)
+        try:
+            return previous.resolve(meta.namespace, ref.job, other)
+        except previous.PreviousNotReady as exc:
+            ctx.condition("Launched", False, "WaitingForPreviousJob", str(exc))
+            ctx.phase("Pending", "WaitingForPreviousJob", str(exc))
+            ctx.again(15.0)
+            raise Stop from exc
+        except previous.PreviousInvalid as exc:
+            self._fail(ctx, "PreviousJobUnusable", str(exc))
 
     # ------------------------------------------------------------------ supervising
     def _supervise(self, ctx: Ctx, spec: FineTuneJobSpec) -> None:
@@ -570,14 +592,8 @@ class Reconciler:
         st["completionTime"] = st.get("completionTime") or _ts(ctx.now)
         ctx.condition("Running", False, "Completed", "training finished")
         ctx.condition("Succeeded", True, "Completed", "training finished")
-        passed = (st.get("evaluation") or {}).get("passed")
-        if passed is not None:
-            ctx.condition(
-                "EvaluationPassed",
-                bool(passed),
-                "EvaluationPassed" if passed else "EvaluationGateFailed",
-                _eval_message(st.get("evaluation") or {}),
-            )
+        _gate_condition(ctx)
+        _data_warning(ctx)
         ctx.phase("Succeeded", "Completed", _success_message(st))
 
     def _failed(
@@ -587,6 +603,9 @@ class Reconciler:
         code = seen.exit_code or ExitCode.ERROR
         if seen.summary is not None:
             _apply_summary(st, seen.summary, final=False)
+            if seen.summary.advice:  # a failed run's data warnings explain it too
+                st["advice"] = [a.to_k8s() for a in seen.summary.advice]
+                _data_warning(ctx)
         # Stop every other rank of this attempt now: no rank is left hanging in NCCL.
         self.kube.delete_workload(ctx.meta.namespace, wl_name, grace_seconds=0)
         if not code.retryable:
@@ -723,24 +742,78 @@ def _apply_summary(st: dict[str, Any], summary: c.TerminationSummary, final: boo
         if key in summary.metrics and target not in progress:
             progress[target] = summary.metrics[key]
     st["progress"] = progress
-    ev = summary.evaluation
-    evaluation: dict[str, Any] = {}
+    _apply_evaluation(st, summary)
+    if summary.output:
+        st["output"] = {_camel(k): v for k, v in summary.output.items()}
+
+
+def _apply_evaluation(st: dict[str, Any], summary: c.TerminationSummary) -> None:
+    """status.evaluation and status.advice from the summary, typed by the status schema
+    (the trainer emits EvaluationStatus's wire form; older trainers emitted the same keys
+    for baseline, final, forgetting and passed)."""
+    ev = dict(summary.evaluation)
     for key in ("baseline", "final"):
-        val = ev.get(key)
-        if isinstance(val, dict):
-            evaluation[key] = {_camel(k): v for k, v in val.items() if v is not None}
+        if isinstance(ev.get(key), dict):
+            ev[key] = {_camel(k): v for k, v in ev[key].items() if v is not None}
     forgetting = ev.get("forgetting")
     if isinstance(forgetting, dict) and forgetting:
         f = {_camel(k): v for k, v in forgetting.items()}
         if "passed" not in f and {"increasePercent", "limitPercent"} <= f.keys():
             f["passed"] = f["increasePercent"] <= f["limitPercent"]
-        evaluation["forgetting"] = f
-    if isinstance(ev.get("passed"), bool):
-        evaluation["passed"] = ev["passed"]
+        ev["forgetting"] = f
+    elif "forgetting" in ev:
+        del ev["forgetting"]
+    try:
+        evaluation = EvaluationStatus.model_validate(ev).to_k8s()
+    except ValidationError as exc:  # a trainer image that does not match this operator
+        log.warning("trainer evaluation summary does not fit the status schema: %s", exc)
+        evaluation = {}
     if evaluation:
         st["evaluation"] = evaluation
-    if summary.output:
-        st["output"] = {_camel(k): v for k, v in summary.output.items()}
+    best = evaluation.get("bestMetric")
+    if best:
+        ckpt = dict(st.get("checkpoints") or {})
+        ckpt["bestMetric"] = best["value"]
+        if best.get("checkpoint"):
+            ckpt["best"] = best["checkpoint"]
+        st["checkpoints"] = ckpt
+    if summary.advice:
+        st["advice"] = [a.to_k8s() for a in summary.advice]
+
+
+def _data_warning(ctx: Ctx) -> None:
+    """DataWarning from the advice's warnings (True: something to act on)."""
+    advice = ctx.status.get("advice") or []
+    if not advice:
+        return
+    warnings = [a for a in advice if a.get("level") == "warning"]
+    old = get_condition(ctx.status.get("conditions", []), "DataWarning") or {}
+    if warnings:
+        reason = warnings[0]["code"][:1].upper() + warnings[0]["code"][1:].replace("-", "")
+        message = "; ".join(a["message"] for a in warnings)[:2000]
+        if old.get("status") != "True":
+            ctx.event("Warning", reason, message)
+        ctx.condition("DataWarning", True, reason, message)
+    else:
+        ctx.condition("DataWarning", False, "NoWarnings", "no rule of thumb warns about this job")
+
+
+def _gate_condition(ctx: Ctx) -> None:
+    """EvaluationPassed from the gate: True/False when a part was checked, Unknown when
+    no part could be (rather than a silent pass)."""
+    ev = ctx.status.get("evaluation") or {}
+    gate = ev.get("gate")
+    passed = ev.get("passed")
+    if passed is not None:
+        ctx.condition(
+            "EvaluationPassed",
+            bool(passed),
+            "EvaluationPassed" if passed else "EvaluationGateFailed",
+            _eval_message(ev),
+        )
+    elif gate:
+        parts = "; ".join(f"{c['name']}: {c['message']}" for c in gate.get("checks") or [])
+        ctx.condition("EvaluationPassed", "Unknown", "NotChecked", f"nothing to check: {parts}")
 
 
 def _camel(key: str) -> str:
@@ -754,7 +827,7 @@ def _camel(key: str) -> str:
 def _eval_message(ev: dict[str, Any]) -> str:
     base, final = ev.get("baseline") or {}, ev.get("final") or {}
     parts = []
-    for key in ("exactMatch", "rougeL", "accuracy", "loss"):
+    for key in ("exactMatch", "rougeL", "accuracy", "preferenceAccuracy", "loss"):
         if key in final:
             before = f"{base[key]:.3g} → " if key in base else ""
             parts.append(f"{key} {before}{final[key]:.3g}")
@@ -764,6 +837,8 @@ def _eval_message(ev: dict[str, Any]) -> str:
             f"forgetting {forgetting.get('increasePercent', 0):+.2f}%"
             f" (limit {forgetting.get('limitPercent', 0):g}%)"
         )
+    for bench in ev.get("benchmarks") or []:
+        parts.append(f"{bench['name']} {-bench['dropPoints']:+.1f} pts")
     return ", ".join(parts)
 
 
