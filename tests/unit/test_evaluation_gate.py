@@ -36,7 +36,11 @@ def test_without_any_data_nothing_is_passed() -> None:
 
 def test_task_metric_against_the_chosen_baseline_and_margin() -> None:
     spec = ev(fewShot={"shots": 2}, gate={"baseline": "fewShot", "margin": 0.1})
-    bases = {"zeroShot": {"exactMatch": 0.0}, "fewShot": {"exactMatch": 0.5}, "previous": None}
+    bases: dict[str, dict[str, Any] | None] = {
+        "zeroShot": {"exactMatch": 0.0},
+        "fewShot": {"exactMatch": 0.5},
+        "previous": None,
+    }
     ok = gate.gate(spec, bases, {"exactMatch": 0.6}, {}, None, [])
     assert results(ok)["taskMetric"] == "passed" and ok["passed"] is True
     short = gate.gate(spec, bases, {"exactMatch": 0.55}, {}, None, [])
@@ -47,9 +51,10 @@ def test_task_metric_against_the_chosen_baseline_and_margin() -> None:
 def test_loss_must_fall_by_the_margin() -> None:
     spec = ev(metrics=["loss"], gate={"margin": 0.5})
     assert spec.gate_metric() == "loss"
-    g = gate.gate(spec, {"zeroShot": {"loss": 3.0}}, {"loss": 2.6}, {}, None, [])
+    base: dict[str, dict[str, Any] | None] = {"zeroShot": {"loss": 3.0}}
+    g = gate.gate(spec, base, {"loss": 2.6}, {}, None, [])
     assert results(g)["taskMetric"] == "failed"
-    g = gate.gate(spec, {"zeroShot": {"loss": 3.0}}, {"loss": 2.4}, {}, None, [])
+    g = gate.gate(spec, base, {"loss": 2.4}, {}, None, [])
     assert results(g)["taskMetric"] == "passed"
 
 

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.common import ModelSource
 from kubetune.api.trainer_config import PreviousModel, TrainerConfig
 
 from . import evaluation
@@ -58,11 +57,9 @@ def previous_model(config: TrainerConfig) -> tuple[PreviousModel | None, str | N
         return None, f"job {prev.job} was not resolved to a location (the operator does it)"
     assert prev.model is not None
     if prev.adapter:
-        base = ModelSource.model_validate(
-            config.spec.model.model_dump(include=set(ModelSource.model_fields))
-        )
+        description = f"adapter {describe(prev.model)}"
         return PreviousModel(
-            model=base, adapter=prev.model, description=f"adapter {describe(prev.model)}"
+            model=config.spec.model.location(), adapter=prev.model, description=description
         ), None
     return PreviousModel(model=prev.model, description=f"model {describe(prev.model)}"), None
 
@@ -75,6 +72,7 @@ def load_previous(
 
     where = Path(scratch, "previous")
     base_dir = resolve(prev.model, where / "model", pvc_root_dir=pvc_root)
+    model: Any
     try:
         model = AutoModelForCausalLM.from_pretrained(
             base_dir, dtype=dtype, trust_remote_code=trust_remote_code

@@ -8,6 +8,7 @@ part passed and says nothing (passed unset) when no part could be checked.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kubetune.api.spec import EvaluationSpec
@@ -24,9 +25,9 @@ def _check(name: str, result: str, message: str) -> dict[str, str]:
 
 def task_check(
     ev: EvaluationSpec,
-    baselines: dict[str, dict[str, Any] | None],
-    final: dict[str, float],
-    missing: dict[str, str],
+    baselines: Mapping[str, Mapping[str, float] | None],
+    final: Mapping[str, float],
+    missing: Mapping[str, str],
 ) -> dict[str, str]:
     """Tuned vs the chosen baseline on the gate's metric. `baselines` maps zeroShot,
     fewShot, previous to their metrics (None when not scored); `missing` says why a
@@ -95,9 +96,9 @@ def benchmark_check(ev: EvaluationSpec, results: list[dict[str, Any]]) -> dict[s
 
 def gate(
     ev: EvaluationSpec,
-    baselines: dict[str, dict[str, Any] | None],
-    final: dict[str, float],
-    missing: dict[str, str],
+    baselines: Mapping[str, Mapping[str, float] | None],
+    final: Mapping[str, float],
+    missing: Mapping[str, str],
     forgetting: dict[str, Any] | None,
     benchmarks: list[dict[str, Any]],
 ) -> dict[str, Any]:

@@ -134,10 +134,9 @@ def restore_best(trainer: Any) -> bool:
 
         device = next(model.parameters()).device
         result = set_peft_model_state_dict(model, load_file(str(adapter), device=str(device)))
-        if result.unexpected_keys:
-            raise RuntimeError(
-                f"best checkpoint {best_dir}: unexpected keys {result.unexpected_keys}"
-            )
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise RuntimeError(f"best checkpoint {best_dir}: unexpected keys {unexpected}")
         return True
     trainer._load_best_model()  # full weights, and DeepSpeed's own checkpoint format
     return True

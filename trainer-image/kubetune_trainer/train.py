@@ -530,6 +530,22 @@ class FineTuneRecipe:
             )
         trainer.keep_checkpoints = t.checkpoint.keep
         trainer.extra_metrics = self._eval_extras
+        if self.spec.objective != "sft":
+            from kubetune.api.spec import PreferenceSpec
+
+            pref = self.spec.preference or PreferenceSpec()
+            self.preference_info = {
+                "objective": self.spec.objective,
+                "beta": pref.beta,
+                "lossType": pref.loss_type if self.spec.objective == "dpo" else None,
+                "reference": (
+                    "none"
+                    if self.spec.objective == "orpo"
+                    else "a second frozen copy of the base"
+                    if getattr(trainer, "ref_model", None) is not None
+                    else "the base, adapter disabled"
+                ),
+            }
         return trainer
 
     # ------------------------------------------------------------------ train
@@ -711,6 +727,7 @@ class FineTuneRecipe:
             "final": self.final,
             "evaluation": self.evaluation,
             "overfitting": getattr(self, "overfitting", None),
+            "preference": getattr(self, "preference_info", None),
             "advice": self.advice,
             "data": self.data_report,
             "logHistory": state.log_history if state else [],

@@ -752,6 +752,19 @@ class FineTuneJobSpec(ApiModel):
             "fieldPath": ".objective",
         },
         {
+            "rule": "!(self.objective in ['dpo', 'orpo']) || !has(self.dataset.replay)",
+            "message": "dataset.replay mixes general text into supervised data; preference"
+            " objectives (dpo, orpo) train on pairs only",
+            "fieldPath": ".dataset.replay",
+        },
+        {
+            "rule": "!has(self.training.earlyStopping)"
+            " || self.training.earlyStopping.metric != 'reward_accuracy'"
+            " || self.objective in ['dpo', 'orpo']",
+            "message": "earlyStopping.metric reward_accuracy needs objective dpo or orpo",
+            "fieldPath": ".training.earlyStopping.metric",
+        },
+        {
             "rule": "!has(self.output) || !has(self.output.mergeAdapter)"
             " || !self.output.mergeAdapter || !(self.method in ['prompt-tuning', 'prefix-tuning'])",
             "message": MERGE_VIRTUAL_TOKENS,
@@ -779,6 +792,15 @@ class FineTuneJobSpec(ApiModel):
             raise ValueError(
                 f"preference settings need objective dpo or orpo, got {self.objective}"
             )
+        preference = self.objective in PREFERENCE_OBJECTIVES
+        if preference and self.dataset.replay is not None:
+            raise ValueError(
+                "dataset.replay mixes general text into supervised data; preference"
+                " objectives (dpo, orpo) train on pairs only"
+            )
+        es = self.training.early_stopping
+        if es is not None and es.metric == "reward_accuracy" and not preference:
+            raise ValueError("earlyStopping.metric reward_accuracy needs objective dpo or orpo")
         if self.objective in PREFERENCE_OBJECTIVES and self.method not in (
             "auto",
             "full",

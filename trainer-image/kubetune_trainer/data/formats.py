@@ -235,10 +235,10 @@ def _preference(row: dict[str, Any], f: Fields, system_prompt: str | None) -> di
             raise RowError(f"missing field {key!r}")
     chosen, rejected = row[f.chosen], row[f.rejected]
     if isinstance(chosen, str) and isinstance(rejected, str):
-        prompt = _string(row, f.prompt, allow_empty=True)
+        text = _string(row, f.prompt, allow_empty=True)
         for key in (f.chosen, f.rejected):
             _string(row, key)
-        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        return {"prompt": text, "chosen": chosen, "rejected": rejected}
     if not (isinstance(chosen, list) and isinstance(rejected, list)):
         raise RowError(
             f"fields {f.chosen!r} and {f.rejected!r} must both be strings or both message lists"
@@ -246,6 +246,7 @@ def _preference(row: dict[str, Any], f: Fields, system_prompt: str | None) -> di
         )
     good = _messages(row, f.chosen, "messages", f)
     bad = _messages(row, f.rejected, "messages", f)
+    prompt: list[dict[str, str]]
     if f.prompt in row and row[f.prompt] is not None:
         raw = row[f.prompt]
         prompt = (
