@@ -264,8 +264,10 @@ class PreferenceSpec(ApiModel):
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
     """DPO loss: `sigmoid` (the DPO paper), `ipo`, `hinge` (SLiC) or `robust`
     (label-noise-robust DPO, with labelSmoothing)."""
-    label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.0
-    """Robust DPO: the assumed share of flipped preference labels."""
+    # le=0.49, not lt=0.5: the API server checks the default 0 (an integer in JSON)
+    # against a fractional exclusive maximum in integers, and refuses the CRD
+    label_smoothing: Annotated[float, Field(ge=0.0, le=0.49)] = 0.0
+    """Robust DPO: the assumed share of flipped preference labels (below 0.5)."""
 
 
 # --------------------------------------------------------------------------- training
