@@ -179,6 +179,40 @@ def test_the_exported_adapter_is_the_peak_checkpoint_not_the_last(
     assert "loaded back and exported" in text
 
 
+def test_the_peak_is_loaded_back_under_deepspeed(tmp_path: Path) -> None:
+    """Full fine-tuning under ZeRO-2 on two ranks (through the launcher): the best
+    checkpoint's engine state is loaded back on every rank before the weights are
+    gathered and exported."""
+    import os
+
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "train.jsonl", _task(400))
+    validation = write_jsonl(tmp_path / "validation.jsonl", small_talk_rows(40))
+    job = spec(
+        "peak-zero2",
+        data,
+        method="full",
+        dataset={"validation": {"path": str(validation)}},
+        training={"epochs": 3, "checkpoint": {"keep": 1}},
+    )
+    plan = make_plan("full", learningRate=3e-4, gpusPerNode=2, microBatchSize=8, zeroStage=2)
+    cfg = make_config(job, plan, tmp_path / "out")
+    env = {"MASTER_PORT": str(29500 + (os.getpid() + 7) % 1000)}
+    code, summary = run_trainer(
+        dump_config(cfg, tmp_path / "cfg.json"), tmp_path, "launch", env=env, timeout=600
+    )
+    assert code == 0 and summary is not None, summary
+    ev, out = summary.evaluation, tmp_path / "out"
+    losses = [p["loss"] for p in ev["perEpoch"]]
+    print(f"ZeRO-2 validation loss per epoch: {losses}; best {ev['bestMetric']}")
+    best = ev["bestMetric"]
+    assert losses[0] < min(losses[1:]) and best["loaded"] is True
+    exported = load_file(str(out / "model" / "model.safetensors"))
+    peak = load_file(str(Path(best["checkpoint"]) / "model.safetensors"))
+    assert all((exported[k] == peak[k]).all() for k in exported)
+
+
 def test_early_stopping_watches_a_task_metric(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", _task(400))
     job = spec(
