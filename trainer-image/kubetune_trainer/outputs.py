@@ -11,6 +11,7 @@ from typing import Any
 
 from kubetune import contract as c
 from kubetune.api.spec import FineTuneJobSpec
+from kubetune.api.status import COMPARED, FIGURES
 
 log = logging.getLogger(__name__)
 
@@ -193,22 +194,8 @@ def model_card(
     return "\n".join(lines)
 
 
-COLUMNS = (
-    ("baseline", "base zero-shot"),
-    ("fewShot", "base few-shot"),
-    ("previous", "previous"),
-    ("final", "fine-tuned"),
-)
-METRICS = (
-    "loss",
-    "perplexity",
-    "exactMatch",
-    "rougeL",
-    "accuracy",
-    "preferenceAccuracy",
-    "preferenceMargin",
-    "rewardAccuracy",
-    "rewardMargin",
+COLUMNS = tuple(
+    zip(COMPARED, ("base zero-shot", "base few-shot", "previous", "fine-tuned"), strict=True)
 )
 
 
@@ -216,7 +203,7 @@ def evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
     """The model card's evaluation section: the baselines and the tuned model side by
     side on the same test rows, the best checkpoint, forgetting and the gate."""
     cols = [(key, title) for key, title in COLUMNS if evaluation.get(key)]
-    names = [n for n in METRICS if any(n in (evaluation.get(k) or {}) for k, _ in cols)]
+    names = [n for n in FIGURES if any(n in (evaluation.get(k) or {}) for k, _ in cols)]
     lines: list[str] = []
     if names:
         lines += [

@@ -191,6 +191,16 @@ class EvalMetrics(ApiModel):
     """What was scored (baselines: the zero-shot base, k shots, which earlier model)."""
 
 
+FIGURES = tuple(
+    (f.alias or name)
+    for name, f in EvalMetrics.model_fields.items()
+    if f.annotation == (float | None) and name != "epoch"
+)
+"""EvalMetrics' figures in their wire names (loss, perplexity, exactMatch, ...), in order."""
+COMPARED = ("baseline", "fewShot", "previous", "final")
+"""EvaluationStatus entries scored on the same rows, shown side by side."""
+
+
 class ForgettingStatus(ApiModel):
     """Perplexity on general data before and after."""
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from kubetune import contract as c
 from kubetune.api import GROUP, PLURAL, VERSION
+from kubetune.api.status import COMPARED, FIGURES
 
 FINAL = ("Succeeded", "Failed")
 
@@ -99,23 +100,8 @@ def render_status(body: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-COLUMNS = (
-    ("baseline", "zero-shot"),
-    ("fewShot", "few-shot"),
-    ("previous", "previous"),
-    ("final", "tuned"),
-)
-METRICS = (
-    "loss",
-    "perplexity",
-    "exactMatch",
-    "rougeL",
-    "accuracy",
-    "preferenceAccuracy",
-    "preferenceMargin",
-    "rewardAccuracy",
-    "rewardMargin",
-)
+COLUMNS = tuple(zip(COMPARED, ("zero-shot", "few-shot", "previous", "tuned"), strict=True))
+METRICS = FIGURES
 VERDICT = {True: "passed", False: "FAILED", None: "not checked"}
 
 

@@ -346,11 +346,20 @@ class Pipeline:
                 ),
                 desc=f"tokenising {role}",
             )
+        self.state.counts["tokensCutOff"] += sum(ds["cut"])
+        ds = self.keep_usable(ds)
+        drop = ["status", "file", "line", "cut"]
+        if not keep_prompt:
+            drop += ["prompt_messages", "prompt_text", "reference"]
+        return ds.remove_columns(drop)
+
+    def keep_usable(self, ds: Dataset) -> Dataset:
+        """Count the `status` column (truncated, truncated away, errors with file:line),
+        fail above maxBadFraction, and keep the rows that can train or be scored."""
         status = ds["status"]
         counts = Counter(s if not s.startswith("error:") else "error" for s in status)
         self.state.counts["truncated"] += counts["truncated"]
         self.state.counts["truncatedAway"] += counts["truncatedAway"]
-        self.state.counts["tokensCutOff"] += sum(ds["cut"])
         errors = [i for i, s in enumerate(status) if s.startswith("error:")]
         if errors:
             for r in ds.select(errors).select_columns(["file", "line", "status"]):
@@ -359,12 +368,7 @@ class Pipeline:
                 )
             self.check_bad_fraction()
         keep = [i for i, s in enumerate(status) if s in ("ok", "truncated")]
-        if len(keep) != len(ds):
-            ds = ds.select(keep)
-        drop = ["status", "file", "line", "cut"]
-        if not keep_prompt:
-            drop += ["prompt_messages", "prompt_text", "reference"]
-        return ds.remove_columns(drop)
+        return ds.select(keep) if len(keep) != len(ds) else ds
 
     # ----------------------------------------------------------------- preference pairs
     def preference_split(self, ds: Dataset, role: str) -> Dataset:
@@ -432,20 +436,7 @@ class Pipeline:
                 new_fingerprint=_fp(ds._fingerprint, "pref", max_len, self.template.sha256),
                 desc=f"checking {role} pairs",
             )
-        status = ds["status"]
-        self.state.counts["truncated"] += sum(1 for x in status if x == "truncated")
-        self.state.counts["truncatedAway"] += sum(1 for x in status if x == "truncatedAway")
-        errors = [i for i, x in enumerate(status) if x.startswith("error:")]
-        if errors:
-            for r in ds.select(errors).select_columns(["file", "line", "status"]):
-                self.state.problems.append(
-                    RowProblem(r["file"], r["line"], r["status"].removeprefix("error:"))
-                )
-            self.check_bad_fraction()
-        keep = [i for i, x in enumerate(status) if x in ("ok", "truncated")]
-        if len(keep) != len(ds):
-            ds = ds.select(keep)
-        return ds.remove_columns(["status", "file", "line"])
+        return self.keep_usable(ds).remove_columns(["status", "file", "line"])
 
     def check_objective(self, kind: str, ds: Dataset) -> None:
         """Preference rows need a preference objective and one layout throughout."""
