@@ -326,32 +326,36 @@ class Pipeline:
                     cut = 0  # count lost tokens once per example
             return out
 
-        if len(ds) == 0:
-            ds = Dataset.from_dict({k: [] for k in TOKENISED}, features=TOKENISED)
-        else:
-            ds = ds.map(
-                enc,
-                batched=True,
-                remove_columns=ds.column_names,
-                num_proc=self.num_proc,
-                features=TOKENISED,
-                new_fingerprint=_fp(
-                    ds._fingerprint,
-                    "tok",
-                    max_len,
-                    keep_prompt,
-                    self.template.sha256,
-                    tokenizer.name_or_path,
-                    len(tokenizer),
-                ),
-                desc=f"tokenising {role}",
-            )
+        settings = (max_len, keep_prompt, tokenizer.name_or_path, len(tokenizer))
+        ds = self.rows_to(ds, enc, TOKENISED, ("tok", *settings), f"tokenising {role}")
         self.state.counts["tokensCutOff"] += sum(ds["cut"])
         ds = self.keep_usable(ds)
         drop = ["status", "file", "line", "cut"]
         if not keep_prompt:
             drop += ["prompt_messages", "prompt_text", "reference"]
         return ds.remove_columns(drop)
+
+    def rows_to(
+        self,
+        ds: Dataset,
+        enc: Callable[[dict[str, list[Any]]], dict[str, list[Any]]],
+        features: Features,
+        settings: tuple[Any, ...],
+        desc: str,
+    ) -> Dataset:
+        """`ds` mapped by `enc` into `features` (cached by `settings` and the template),
+        or an empty split with those columns."""
+        if len(ds) == 0:
+            return Dataset.from_dict({k: [] for k in features}, features=features)
+        return ds.map(
+            enc,
+            batched=True,
+            remove_columns=ds.column_names,
+            num_proc=self.num_proc,
+            features=features,
+            new_fingerprint=_fp(ds._fingerprint, *settings, self.template.sha256),
+            desc=desc,
+        )
 
     def keep_usable(self, ds: Dataset) -> Dataset:
         """Count the `status` column (truncated, truncated away, errors with file:line),
@@ -424,18 +428,7 @@ class Pipeline:
                 out["trainable"].append(max(min(n[1], max_len) - n[0], 0))
             return out
 
-        if len(ds) == 0:
-            ds = Dataset.from_dict({k: [] for k in PREFERENCE}, features=PREFERENCE)
-        else:
-            ds = ds.map(
-                enc,
-                batched=True,
-                remove_columns=ds.column_names,
-                num_proc=self.num_proc,
-                features=PREFERENCE,
-                new_fingerprint=_fp(ds._fingerprint, "pref", max_len, self.template.sha256),
-                desc=f"checking {role} pairs",
-            )
+        ds = self.rows_to(ds, enc, PREFERENCE, ("pref", max_len), f"checking {role} pairs")
         return self.keep_usable(ds).remove_columns(["status", "file", "line"])
 
     def check_objective(self, kind: str, ds: Dataset) -> None:
