@@ -36,16 +36,24 @@ from tests.fixtures.quality_data import (
     make_preference_rows,
     write_jsonl,
 )
-from tests.fixtures.tiny_model import _GENERAL_TEXT, SYSTEM_PROMPT, _code, cached_tiny_base
+from tests.fixtures.tiny_model import (
+    _GENERAL_TEXT,
+    SYSTEM_PROMPT,
+    BaseVariant,
+    _code,
+    cached_tiny_base,
+)
 from tests.integration.test_training import LORA, run_trainer
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 
 
-def spec(name: str, train: Path, method: str = "lora", **fields: Any) -> dict[str, Any]:
+def spec(
+    name: str, train: Path, method: str = "lora", variant: BaseVariant = "prose", **fields: Any
+) -> dict[str, Any]:
     extra = fields.pop("extra", LORA if method in ("lora", "qlora") else {})
     body: dict[str, Any] = {
-        "model": {"path": str(cached_tiny_base())},
+        "model": {"path": str(cached_tiny_base(variant=variant))},
         "dataset": {"train": {"path": str(train)}, "split": {"validation": 0.1, "test": 0.15}},
         "method": method,
         **extra,
@@ -235,34 +243,53 @@ def test_early_stopping_watches_a_task_metric(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ baselines
+@pytest.fixture(scope="module")
+def released(tmp_path_factory: pytest.TempPathFactory) -> tuple[TerminationSummary, Path]:
+    """The "previous release": LoRA on the `chat` base, 4 epochs."""
+    tmp = tmp_path_factory.mktemp("release")
+    data = write_jsonl(tmp / "train.jsonl", _task(400))
+    return train(spec("release", data, variant="chat", training={"epochs": 4}), tmp, "lora", 3e-3)
+
+
 def test_zero_shot_few_shot_and_previous_side_by_side(
-    peak_run: tuple[TerminationSummary, Path], tmp_path: Path
+    released: tuple[TerminationSummary, Path], tmp_path: Path
 ) -> None:
-    previous, previous_out = peak_run
+    """The `chat` base answers in a sentence ("GH-2 is the code."): zero-shot exact match
+    0, ROUGE-L about 0.57. A shorter run is compared with the release on the same rows."""
+    previous, previous_out = released
     data = write_jsonl(tmp_path / "train.jsonl", _task(400))
     job = spec(
         "side-by-side",
         data,
+        variant="chat",
         training={"epochs": 1},
         evaluation={
             "fewShot": {"shots": 3},
             "previous": {"model": {"path": str(previous_out / "adapter")}, "adapter": True},
             "target": {"metric": "exactMatch", "value": 0.9},
-            "gate": {"baseline": "previous", "margin": 0.5},
+            "gate": {"baseline": "previous"},
             "metrics": ["loss", "perplexity", "exactMatch", "rougeL"],
         },
     )
-    summary, out = train(job, tmp_path, "lora", 3e-3)
+    summary, out = train(job, tmp_path, "lora", 1e-3)
     ev = summary.evaluation
-    # the earlier fine-tune, scored on this job's test rows, gives that job's own final
-    # test figures: the same rows, the same metrics
-    assert ev["previous"]["exactMatch"] == pytest.approx(previous.evaluation["final"]["exactMatch"])
+    for metric in ("exactMatch", "rougeL"):
+        figures = ", ".join(
+            f"{k} {ev[k][metric]:.3f}" for k in ("baseline", "fewShot", "previous", "final")
+        )
+        print(f"{metric}: {figures}")
+    # the release, scored on this job's test rows, gives the release's own final test
+    # figures: the same rows, the same metrics
+    release = previous.evaluation["final"]
+    assert ev["previous"]["exactMatch"] == pytest.approx(release["exactMatch"])
+    assert ev["previous"]["loss"] == pytest.approx(release["loss"], rel=1e-4)
     assert ev["previous"]["source"].startswith("adapter ")
     assert ev["baseline"]["exactMatch"] == pytest.approx(
         previous.evaluation["baseline"]["exactMatch"]
     )
-    assert set(ev["fewShot"]) >= {"exactMatch", "rougeL", "source"}
+    # the shots are in the prompt: on the same rows the base answers differently
     assert "3 shots from the training split" in ev["fewShot"]["source"]
+    assert ev["fewShot"]["rougeL"] != pytest.approx(ev["baseline"]["rougeL"], abs=0.01)
     report = json.loads((out / "report.json").read_text())
     shot = report["baseline"]["fewShot"]["samples"][0]
     zero = report["baseline"]["zeroShot"]["samples"][0]
@@ -270,12 +297,13 @@ def test_zero_shot_few_shot_and_previous_side_by_side(
     assert shot["prompt"].count("<|im_start|>assistant") > zero["prompt"].count(
         "<|im_start|>assistant"
     )
-    # the gate compares with the previous run, and one epoch does not beat it by 0.5
+    # one epoch at a third of the learning rate does not reach the release: the gate fails
+    assert ev["final"]["exactMatch"] < release["exactMatch"]
     task = next(c for c in ev["gate"]["checks"] if c["name"] == "taskMetric")
-    assert task["result"] == "failed" and "previous" in task["message"]
+    assert task["result"] == "failed" and "exactMatch previous" in task["message"]
     assert ev["passed"] is False
     codes = {a.code for a in summary.advice}
-    assert "fewShotBelowTarget" in codes or "fewShotNearTarget" in codes
+    assert "fewShotBelowTarget" in codes  # few-shot exact match 0 of the 0.9 wanted
     st = as_status(summary)
     text = render_status({"metadata": {"name": "s", "namespace": "test"}, "status": st})
     header = next(line for line in text.splitlines() if "Evaluation:" in line)
