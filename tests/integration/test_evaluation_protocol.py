@@ -10,7 +10,7 @@ the operator's status code and `kubetune status`:
   same test rows, and a gate against the previous run that fails;
 - benchmark forgetting: continued training on contradicting facts drops a benchmark's
   accuracy past the limit, per epoch and at the end, and fails the gate;
-- DPO (LoRA and full) and ORPO raise the chosen-over-rejected preference on held-out
+- DPO (LoRA, QLoRA, full) and ORPO raise the chosen-over-rejected preference on held-out
   pairs from the base model's;
 - an evaluation split emptied by cleaning is reported, and the gate says "not checked".
 """
@@ -373,6 +373,7 @@ def test_contradicting_facts_fail_the_benchmark_check(tmp_path: Path) -> None:
     [
         pytest.param("dpo", "lora", 1e-3, 1, id="dpo-lora"),
         pytest.param("dpo", "full", 1e-4, 2, id="dpo-full"),
+        pytest.param("dpo", "qlora", 3e-3, 2, id="dpo-qlora"),
         pytest.param("orpo", "lora", 1e-3, 2, id="orpo-lora"),
     ],
 )
