@@ -411,7 +411,7 @@ class Reconciler:
     def _launch(self, ctx: Ctx, spec: FineTuneJobSpec, attempt: int) -> None:
         meta = ctx.meta
         plan_ = Plan.model_validate(ctx.status["plan"])
-        prev = self._previous(ctx, spec)
+        prev = self._previous(ctx, spec, attempt)
         objects = [manifests.headless_service(meta, self.settings)]
         claim = manifests.output_claim(meta, spec)
         if claim is not None:
@@ -439,9 +439,11 @@ class Reconciler:
         ctx.phase("Pending", "Launched", f"Job {name} created; waiting for its pods")
         ctx.again(2.0)
 
-    def _previous(self, ctx: Ctx, spec: FineTuneJobSpec) -> PreviousModel | None:
+    def _previous(self, ctx: Ctx, spec: FineTuneJobSpec, attempt: int) -> PreviousModel | None:
         """The `previous` baseline given as another job: its output location. Waits while
-        that job runs; fails this one when it cannot serve (missing, failed, no output)."""
+        that job runs; fails this one when it cannot serve (missing, failed, no output).
+        A later attempt goes on without it: the first attempt's baseline.json has its
+        scores."""
         ref = spec.evaluation.previous
         if ref is None or ref.job is None:
             return None
@@ -455,6 +457,9 @@ class Reconciler:
             ctx.again(15.0)
             raise Stop from exc
         except previous.PreviousInvalid as exc:
+            if attempt > 1:
+                log.warning("%s; attempt %d reuses the scores of attempt 1", exc, attempt)
+                return None
             self._fail(ctx, "PreviousJobUnusable", str(exc))
 
     # ------------------------------------------------------------------ supervising
