@@ -13,7 +13,7 @@ from pydantic import Field
 
 from .api.base import ApiModel
 from .api.phases import TrainerPhase
-from .api.status import CheckpointStatus, EvaluationStatus, OutputStatus, Progress
+from .api.status import Advice, CheckpointStatus, EvaluationStatus, OutputStatus, Progress
 
 # --------------------------------------------------------------------------- env
 # Only what the trainer reads: the job, the attempt and the progress target are in the
@@ -139,6 +139,8 @@ class TerminationSummary(ApiModel):
     """Where the results are (status.output)."""
     data: dict[str, int] = Field(default_factory=dict)
     """The data report's counts (status.data)."""
+    advice: list[Advice] = Field(default_factory=list)
+    """Rules of thumb that apply (status.advice)."""
 
 
 class ProgressReport(Progress):

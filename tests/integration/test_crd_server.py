@@ -38,6 +38,11 @@ SERVER_CATCHES = [
     "28-lora-rank-zero",
     "34-architecture-incomplete",
     "35-merge-prompt-tuning",
+    "37-preference-without-objective",
+    "38-dpo-prompt-tuning",
+    "39-gate-fewshot-missing",
+    "40-previous-job-and-model",
+    "41-forgetting-empty",
 ]
 
 

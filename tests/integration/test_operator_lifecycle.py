@@ -136,6 +136,39 @@ def test_demo_example_succeeds_with_a_truthful_status(
     assert {"Planned", "Launched", "Completed"} <= reasons
 
 
+def test_a_previous_job_is_scored_as_a_baseline_on_the_same_rows(
+    operator: OperatorProcess, k8s: client.ApiClient, namespace: str, demo_claim: Path
+) -> None:
+    """`evaluation.previous.job`: the second job waits while the first runs, then its
+    trainer loads the first job's adapter from the claim and scores it on its own test
+    rows; the same data and seed give the first job's own final figures."""
+    first = demo_job("prev-first", training={"epochs": 2})
+    apply_job(k8s, namespace, first)
+    second = demo_job(
+        "prev-second",
+        training={"epochs": 1},
+        evaluation={"previous": {"job": "prev-first"}, "gate": {"baseline": "previous"}},
+    )
+    apply_job(k8s, namespace, second)
+    waiting = wait_for(
+        k8s,
+        namespace,
+        "prev-second",
+        lambda b: condition(b, "Launched").get("reason") == "WaitingForPreviousJob",
+        60,
+        "the second job to wait for the first",
+    )
+    assert "prev-first is" in condition(waiting, "Launched")["message"]
+    done = finished(k8s, namespace, "prev-first")
+    st = finished(k8s, namespace, "prev-second")
+    prev, final = st["evaluation"]["previous"], done["evaluation"]["final"]
+    assert prev["source"] == f"job {namespace}/prev-first (lora adapter)"
+    assert prev["exactMatch"] == pytest.approx(final["exactMatch"])
+    assert prev["loss"] == pytest.approx(final["loss"], rel=1e-4)
+    task = st["evaluation"]["gate"]["checks"][0]
+    assert task["name"] == "taskMetric" and "previous" in task["message"]
+
+
 def test_killed_trainer_pod_resumes_from_its_checkpoint(
     operator: OperatorProcess, k8s: client.ApiClient, namespace: str, demo_claim: Path
 ) -> None:

@@ -82,8 +82,10 @@ def test_every_format_prepares(
     } <= set(counts)
     assert counts["train"] + counts["validation"] + counts["test"] == counts["raw"]
     splits = load_from_disk(str(out))
-    assert set(splits) == {"train", "validation", "test"}
+    assert set(splits) == {"train", "validation", "test", "validation_prompts"}
     assert set(splits["train"].column_names) == {"input_ids", "labels", "position_ids"}
+    # validation rows keep their prompts apart, for task metrics during training
+    assert len(splits["validation_prompts"]) == counts["validation"]
     assert {"input_ids", "labels", "attention_mask", "prompt_messages", "reference"} <= set(
         splits["test"].column_names
     )

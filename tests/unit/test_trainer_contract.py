@@ -113,9 +113,11 @@ def test_termination_summary_fits_4k_and_parses(
     parsed = TerminationSummary.model_validate_json(raw)
     assert parsed.exit_code == 2 and parsed.message.startswith("train.jsonl:3: bad row")
     assert termination.read_termination_log() == parsed
-    # the least needed parts went first; the output paths and the verdict stayed
-    assert not parsed.data and parsed.output == huge.output
+    # the oldest evaluations went first; the output paths and the verdict stayed
+    assert parsed.output == huge.output
     assert parsed.evaluation is not None and parsed.evaluation.passed is True
+    kept = parsed.evaluation.per_epoch
+    assert 1 <= len(kept) < 300 and kept[-1].epoch == 299.0
     assert parsed.evaluation.final is None or parsed.evaluation.final.loss is None
 
 

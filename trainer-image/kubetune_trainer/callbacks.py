@@ -1,5 +1,6 @@
 """Hooks into the Trainer loop: progress, NaN guard, preemption, early stopping, epoch
-checkpoints, and the SFTTrainer subclass that publishes checkpoints atomically."""
+checkpoints, a checkpoint at every evaluation, and the trainer subclasses (SFT, DPO,
+ORPO) that publish checkpoints atomically and add task metrics to evaluations."""
 
 from __future__ import annotations
 
@@ -108,6 +109,15 @@ class EpochCheckpoint(TrainerCallback):
     """Checkpoint at every epoch end in addition to every N steps."""
 
     def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        control.should_save = True
+
+
+class SaveOnEvaluate(TrainerCallback):
+    """A checkpoint at every evaluation, so the best evaluation always has one to load."""
+
+    def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         control.should_save = True
@@ -231,28 +241,58 @@ class ProgressCallback(TrainerCallback):
         self.reporter.submit(self.last)
 
 
-class KubetuneSFTTrainer(SFTTrainer):
-    """SFTTrainer whose checkpoints appear only once complete (see `checkpoints`)."""
+class KubetuneMixin:
+    """What every kubetune trainer adds to its TRL trainer: checkpoints that appear only
+    once complete (see `checkpoints`), and extra validation figures (task metrics by
+    generation, benchmark accuracy) merged into each evaluation's metrics before the
+    callbacks and the best-checkpoint tracking see them."""
 
     keep_checkpoints: int = 2
+    extra_metrics: Callable[[], dict[str, float]] | None = None
+    """Called at each evaluation (every rank: scoring may be collective under ZeRO-3)."""
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().evaluation_loop(*args, **kwargs)  # type: ignore[misc]
+        if self.extra_metrics is not None:
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            for key, value in self.extra_metrics().items():
+                output.metrics[f"{prefix}_{key}"] = value
+        return output
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        root = Path(str(self.args.output_dir))
+        me: Any = self
+        root = Path(str(me.args.output_dir))
         staging = root / checkpoints.STAGING
-        self.args.output_dir = str(staging)
+        me.args.output_dir = str(staging)
         try:
-            super()._save_checkpoint(model, trial)
+            super()._save_checkpoint(model, trial)  # type: ignore[misc]
         finally:
-            self.args.output_dir = str(root)
-        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
-        if self.args.should_save:
-            staged = staging / f"{checkpoints.PREFIX}-{self.state.global_step}"
+            me.args.output_dir = str(root)
+        me.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if me.args.should_save:
+            staged = staging / f"{checkpoints.PREFIX}-{me.state.global_step}"
             final = checkpoints.publish(staged, root)
             best = None
-            if self.state.best_global_step:
-                best = root / f"{checkpoints.PREFIX}-{self.state.best_global_step}"
+            if me.state.best_global_step:
+                best = root / f"{checkpoints.PREFIX}-{me.state.best_global_step}"
                 best = best if best.is_dir() else None
-            self.state.best_model_checkpoint = str(best) if best else None
-            self.state.save_to_json(os.fspath(final / checkpoints.STATE_FILE))
+            me.state.best_model_checkpoint = str(best) if best else None
+            me.state.save_to_json(os.fspath(final / checkpoints.STATE_FILE))
             checkpoints.rotate(root, self.keep_checkpoints, best)
-        self.accelerator.wait_for_everyone()
+        me.accelerator.wait_for_everyone()
+
+
+class KubetuneSFTTrainer(KubetuneMixin, SFTTrainer):
+    """Supervised fine-tuning."""
+
+
+def preference_trainer(objective: str) -> type:
+    """The kubetune trainer class for a preference objective (TRL's DPO or ORPO)."""
+    if objective == "dpo":
+        from trl import DPOTrainer
+
+        return type("KubetuneDPOTrainer", (KubetuneMixin, DPOTrainer), {})
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.orpo import ORPOTrainer
+
+    return type("KubetuneORPOTrainer", (KubetuneMixin, ORPOTrainer), {})

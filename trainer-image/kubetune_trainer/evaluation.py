@@ -149,32 +149,77 @@ class Scores:
     general_perplexity: float | None = None
 
 
-def score(
-    model: Any,
-    tokenizer: Any,
-    splits: Any,
-    metrics: Sequence[str],
-    max_new_tokens: int,
-    max_test_samples: int,
-    sample_generations: int,
-    synced: bool = False,
-) -> Scores:
-    """Validation loss/perplexity plus test-set generation metrics (and general ppl)."""
+@dataclass(frozen=True)
+class Settings:
+    """How task metrics are scored (the spec's evaluation block, resolved)."""
+
+    metrics: Sequence[str]
+    max_new_tokens: int
+    max_samples: int
+    sample_generations: int
+    synced: bool = False
+
+
+def generation_scores(
+    model: Any, tokenizer: Any, prompts: Sequence[str], refs: Sequence[str], s: Settings
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """Task metrics of greedy generations from `prompts` against `refs`, and samples."""
+    wanted = [m for m in s.metrics if m in GENERATION_METRICS]
+    if not wanted or not prompts:
+        return {}, []
+    prompts, refs = list(prompts)[: s.max_samples], list(refs)[: s.max_samples]
+    preds = generate(model, tokenizer, prompts, s.max_new_tokens, s.synced)
+    samples = [
+        {"prompt": p[-500:], "reference": r[:500], "prediction": g[:500]}
+        for p, r, g in list(zip(prompts, refs, preds, strict=True))[: s.sample_generations]
+    ]
+    return task_metrics(preds, refs, wanted), samples
+
+
+def preference_scores(model: Any, tokenizer: Any, split: Any, s: Settings) -> dict[str, float]:
+    """preferenceAccuracy (chosen more likely than rejected) and preferenceMargin (mean
+    log-likelihood difference) over a preference split's pairs."""
+    from .benchmarks import loglikelihoods
+
+    if (
+        "preferenceAccuracy" not in s.metrics
+        or split is None
+        or "chosen_text" not in (split.column_names)
+    ):
+        return {}
+    rows = split.select(range(min(len(split), s.max_samples)))
+    if len(rows) == 0:
+        return {}
+    chat = rows[0]["prompt_messages"] != "[]"
+    prompts = list(rows["prompt_text"])
+    pairs = [(p, c) for p, c in zip(prompts, rows["chosen_text"], strict=True)]
+    pairs += [(p, r) for p, r in zip(prompts, rows["rejected_text"], strict=True)]
+    lls = loglikelihoods(model, tokenizer, pairs, s.synced, special=not chat)
+    good, bad = lls[: len(prompts)], lls[len(prompts) :]
+    n = len(prompts)
+    return {
+        "preferenceAccuracy": sum(g > b for g, b in zip(good, bad, strict=True)) / n,
+        "preferenceMargin": sum(g - b for g, b in zip(good, bad, strict=True)) / n,
+    }
+
+
+def score(model: Any, tokenizer: Any, splits: Any, s: Settings) -> Scores:
+    """Validation loss/perplexity plus the test split's task metrics (generation, and
+    preference pairs) and the general text's perplexity."""
     pad = tokenizer.pad_token_id
     result: dict[str, float] = {}
-    result.update(loss_and_perplexity(model, splits.get("validation"), pad))
-    samples: list[dict[str, str]] = []
-    wanted = [m for m in metrics if m in GENERATION_METRICS]
+    validation = splits.get("validation")
+    if validation is not None and "input_ids" in validation.column_names:
+        result.update(loss_and_perplexity(model, validation, pad))
     test = splits.get("test")
-    if wanted and test is not None and len(test):
-        rows = test.select(range(min(len(test), max_test_samples)))
-        prompts, refs = list(rows["prompt_text"]), list(rows["reference"])
-        preds = generate(model, tokenizer, prompts, max_new_tokens, synced)
-        result.update(task_metrics(preds, refs, wanted))
-        samples = [
-            {"prompt": p[-500:], "reference": r[:500], "prediction": g[:500]}
-            for p, r, g in list(zip(prompts, refs, preds, strict=True))[:sample_generations]
-        ]
+    samples: list[dict[str, str]] = []
+    if test is not None and len(test):
+        rows = test.select(range(min(len(test), s.max_samples)))
+        found, samples = generation_scores(
+            model, tokenizer, rows["prompt_text"], rows["reference"], s
+        )
+        result.update(found)
+        result.update(preference_scores(model, tokenizer, test, s))
     general = None
     if splits.get("forgetting") is not None:
         general = loss_and_perplexity(model, splits["forgetting"], pad).get("perplexity")

@@ -12,6 +12,7 @@ from typing import Any
 
 from kubetune import contract as c
 from kubetune.api.spec import FineTuneJobSpec
+from kubetune.api.status import COMPARED, FIGURES
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,10 @@ def model_card(
     data_report: dict[str, Any] | None,
     evaluation: dict[str, Any],
     job: str,
+    advice: list[dict[str, Any]] | None = None,
 ) -> str:
-    """README.md: what was trained, on what, how, and how it scores against the base."""
+    """README.md: what was trained, on what, how, and how it scores against the
+    baselines (status.evaluation's figures, side by side)."""
     model = spec.model
     store = model.s3 or model.gcs
     base = (
@@ -224,7 +227,9 @@ def model_card(
         "---",
         f"# {job}",
         "",
-        f"Fine-tuned from `{base}` with **{plan.get('method')}** by kubetune.",
+        f"Fine-tuned from `{base}` with **{plan.get('method')}**"
+        + (f" ({spec.objective.upper()})" if spec.objective != "sft" else "")
+        + " by kubetune.",
         "",
         "## Training configuration",
         "",
@@ -268,34 +273,10 @@ def model_card(
             + ".",
             f"Training data sha256 `{data_report.get('sha256', '')[:16]}`.",
         ]
-    base_m = evaluation.get("baseline") or {}
-    final_m = evaluation.get("final") or {}
-    names = [
-        n
-        for n in ("loss", "perplexity", "exactMatch", "rougeL", "accuracy")
-        if n in base_m or n in final_m
-    ]
-    if names:
-        lines += [
-            "",
-            "## Evaluation",
-            "",
-            "| metric | base model | fine-tuned |",
-            "| --- | --- | --- |",
-        ]
-        for n in names:
-            lines.append(f"| {n} | {_fmt(base_m.get(n))} | {_fmt(final_m.get(n))} |")
-    forgetting = evaluation.get("forgetting")
-    if forgetting:
-        lines += [
-            "",
-            f"Forgetting check: general-text perplexity "
-            f"{forgetting['baselinePerplexity']:.3f} → {forgetting['tunedPerplexity']:.3f}"
-            f" ({forgetting['increasePercent']:+.2f} %, limit"
-            f" {forgetting['limitPercent']} %): "
-            + ("passed" if forgetting["passed"] else "**failed**")
-            + ".",
-        ]
+    lines += evaluation_lines(evaluation)
+    for item in advice or []:
+        if item.get("level") == "warning":
+            lines += ["", f"> **Advice ({item['code']})**: {item['message']}"]
     lines += ["", "## Use", "", "```python"]
     if plan.get("method") == "full":
         lines += [
@@ -309,6 +290,74 @@ def model_card(
         ]
     lines += ["```", ""]
     return "\n".join(lines)
+
+
+COLUMNS = tuple(
+    zip(COMPARED, ("base zero-shot", "base few-shot", "previous", "fine-tuned"), strict=True)
+)
+
+
+def evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
+    """The model card's evaluation section: the baselines and the tuned model side by
+    side on the same test rows, the best checkpoint, forgetting and the gate."""
+    cols = [(key, title) for key, title in COLUMNS if evaluation.get(key)]
+    names = [n for n in FIGURES if any(n in (evaluation.get(k) or {}) for k, _ in cols)]
+    lines: list[str] = []
+    if names:
+        lines += [
+            "",
+            "## Evaluation",
+            "",
+            "| metric | " + " | ".join(t for _, t in cols) + " |",
+            "| --- |" + " --- |" * len(cols),
+        ]
+        for n in names:
+            cells = [_fmt((evaluation.get(k) or {}).get(n)) for k, _ in cols]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        sources = [
+            f"{t}: {evaluation[k]['source']}"
+            for k, t in cols
+            if (evaluation.get(k) or {}).get("source")
+        ]
+        if sources:
+            lines += ["", "Scored on the same test rows. " + "; ".join(sources) + "."]
+    best = evaluation.get("bestMetric")
+    if best:
+        lines += [
+            "",
+            f"Best checkpoint: {best['metric']} {best['value']:.4g} at step {best.get('step')}"
+            + (" (loaded back and exported instead of the last step)" if best.get("loaded") else "")
+            + ".",
+        ]
+    forgetting = evaluation.get("forgetting")
+    if forgetting:
+        lines += [
+            "",
+            f"Forgetting check: general-text perplexity "
+            f"{forgetting['baselinePerplexity']:.3f} → {forgetting['tunedPerplexity']:.3f}"
+            f" ({forgetting['increasePercent']:+.2f} %, limit"
+            f" {forgetting['limitPercent']} %): "
+            + ("passed" if forgetting["passed"] else "**failed**")
+            + ".",
+        ]
+    results = evaluation.get("benchmarks") or []
+    if results:
+        lines += ["", "| benchmark | rows | base | fine-tuned | drop (points) | verdict |"]
+        lines.append("| --- | --- | --- | --- | --- | --- |")
+        for r in results:
+            verdict = "passed" if r["passed"] else "**failed**"
+            lines.append(
+                f"| {r['name']} ({r.get('metric', 'accuracy')}) | {r['rows']} |"
+                f" {r['baseline']:.4f} | {r['tuned']:.4f} | {r['dropPoints']:+.2f}"
+                f" (limit {r['limitPoints']:g}) | {verdict} |"
+            )
+    g = evaluation.get("gate")
+    if g:
+        verdict = {True: "passed", False: "**failed**", None: "not checked"}[g.get("passed")]
+        lines += ["", f"Evaluation gate: {verdict}.", ""]
+        for check in g.get("checks") or []:
+            lines.append(f"- {check['name']}: {check['result']} — {check['message']}")
+    return lines
 
 
 def _fmt(value: Any) -> str:

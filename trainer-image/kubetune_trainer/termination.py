@@ -1,8 +1,9 @@
 """The compact result the kubelet hands the operator: a JSON TerminationSummary < 4 KiB.
 
 The kubelet truncates the termination log at 4 KiB, and truncated JSON does not parse, so
-we shrink the summary ourselves: long message first, then the least needed parts (data
-counts, per-epoch figures, progress), never the output paths unless nothing else is left.
+we shrink the summary ourselves: long message first, then the oldest per-epoch figures
+and long advice and gate texts, then whole parts, least needed first (data counts,
+earlier baselines, progress), never the output paths unless nothing else is left.
 Non-finite numbers (a NaN loss) are left out: JSON cannot carry them.
 """
 
@@ -22,13 +23,22 @@ LIMIT = contract.TERMINATION_MESSAGE_LIMIT
 DROP_ORDER: tuple[tuple[str, ...], ...] = (
     ("data",),
     ("evaluation", "perEpoch"),
+    ("evaluation", "previous"),
+    ("evaluation", "fewShot"),
+    ("evaluation", "bestMetric"),
+    ("evaluation", "benchmarks"),
     ("progress",),
+    ("evaluation", "forgetting"),
     ("evaluation", "baseline"),
     ("evaluation", "final"),
+    ("evaluation", "gate"),
+    ("advice",),
     ("checkpoints",),
     ("evaluation",),
     ("output",),
 )
+TEXT_LIMIT = 160
+"""Advice and gate messages are cut to this many characters before whole parts go."""
 
 
 def termination_log_path() -> Path:
@@ -62,7 +72,20 @@ def render(summary: TerminationSummary, limit: int = LIMIT) -> bytes:
     # 1. the message: keep its start (where the file and line are) within 1 KiB.
     if len(doc.get("message", "")) > 1024:
         doc["message"] = doc["message"][:1000] + " …(truncated)"
-    # 2. the least needed parts, in order.
+    # 2. the oldest per-epoch figures, then long advice and gate texts, then info advice.
+    evaluation = doc.get("evaluation") or {}
+    epochs = evaluation.get("perEpoch") or []
+    while len(_encode(doc)) > limit and len(epochs) > 1:
+        epochs.pop(0)
+    advice = doc.get("advice") or []
+    for holder in [*advice, *((evaluation.get("gate") or {}).get("checks") or [])]:
+        if len(_encode(doc)) <= limit:
+            break
+        if len(holder.get("message", "")) > TEXT_LIMIT:
+            holder["message"] = holder["message"][: TEXT_LIMIT - 1] + "…"
+    while len(_encode(doc)) > limit and any(a.get("level") == "info" for a in advice):
+        advice.remove(next(a for a in advice if a.get("level") == "info"))
+    # 3. the least needed parts, in order.
     for path in DROP_ORDER:
         if len(data := _encode(doc)) <= limit:
             break
@@ -70,7 +93,7 @@ def render(summary: TerminationSummary, limit: int = LIMIT) -> bytes:
         for key in path[:-1]:
             parent = parent.get(key) or {}
         parent.pop(path[-1], None)
-    # 3. last resort: shorten the message more.
+    # 4. last resort: shorten the message more.
     while len(data := _encode(doc)) > limit and len(doc.get("message", "")) > 40:
         doc["message"] = doc["message"][: len(doc["message"]) // 2] + "…"
     return data

@@ -1,10 +1,12 @@
 """Fine-tune one FineTuneJob on this process's rank: `python -m kubetune_trainer train --config F`.
 
 The recipe reads top to bottom: validate (in __init__) → setup (outputs writable, seed,
-model files, tokenizer, data, model, baseline, trainer) → train (resuming from the newest complete
-checkpoint) → save (adapter or model, merged weights) → evaluate (tuned vs baseline,
-forgetting, overfitting, loss curve, report, model card) → publish (object store, Hub).
-Every exit, good or bad, leaves a TerminationSummary in the termination log.
+model files, tokenizer, data, model, baselines, trainer) → train (resuming from the newest
+complete checkpoint, then loading the best checkpoint back) → save (adapter or model,
+merged weights) → evaluate (tuned vs baselines, forgetting, the gate, overfitting, loss
+curve, report, model card) → publish (object store, Hub). The objective (sft, dpo, orpo)
+only changes which TRL trainer runs. Every exit, good or bad, leaves a TerminationSummary
+in the termination log.
 """
 
 from __future__ import annotations
@@ -20,17 +22,26 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.status import (
+    Advice,
     CheckpointStatus,
-    EvalMetrics,
     EvaluationStatus,
-    ForgettingStatus,
     OutputStatus,
     Progress,
 )
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.contract import ExitCode, TerminationSummary
 
-from . import checkpoints, evaluation, outputs, plots, storage
+from . import (
+    baselines,
+    benchmarks,
+    checkpoints,
+    evaluation,
+    gate,
+    outputs,
+    plots,
+    selection,
+    storage,
+)
 from .config import RunPaths, load_config
 from .distributed import Rank, World, deepspeed_config, load_dtype, training_precision
 from .failures import BadInput, Preempted, classify
@@ -133,12 +144,19 @@ class FineTuneRecipe:
         # Filled in as the run goes, for the report and the termination summary.
         self.data_report: dict[str, Any] | None = None
         self.baseline: dict[str, Any] | None = None
+        """Baselines (zeroShot, fewShot, previous) and the base model's forgetting figures."""
         self.final: dict[str, Any] | None = None
         self.evaluation: dict[str, Any] = {}
+        """status.evaluation in its wire form."""
+        self.advice: list[dict[str, Any]] = []
+        self.watch = selection.watch(self.spec)
+        self.best_loaded = False
+        self.benchmark_items: dict[str, list[benchmarks.Item]] = {}
         self.train_metrics: dict[str, float] = {}
         self.output = OutputStatus()
         self.resumed_from: str | None = None
         self.trainer: Any = None
+        self.train_history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -182,9 +200,10 @@ class FineTuneRecipe:
         self.splits = self._prepare_data()
         # 6. The model, loaded the way the method needs (4-bit for QLoRA), SDPA attention.
         self.model = self._load_model()
-        # 7. The base model's scores (before any adapter), kept across resumes.
+        # 7. The baselines (before any adapter) and the benchmarks, kept across resumes.
+        self._load_benchmarks()
         self._baseline()
-        # 8. The Trainer, wrapping the model in the method's PEFT config.
+        # 8. The Trainer for the objective, wrapping the model in the method's PEFT config.
         self.trainer = self._build_trainer()
 
     def _prepare_data(self) -> Any:
@@ -193,6 +212,7 @@ class FineTuneRecipe:
         from .data.pipeline import prepare
 
         out = Path(self.config.paths.scratch_dir, "data")
+        self.data_dir = out
         spec = self.spec
         if spec.training.packing and not self.capability.packing:
             log.info("method %s prepends virtual tokens: preparing unpacked rows", spec.method)
@@ -211,6 +231,7 @@ class FineTuneRecipe:
             if (out / "chat_template.jinja").is_file()
             else None
         )
+        self.advice = list(report.get("advice") or [])
         if self.state.is_main_process:
             self.paths.root.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(out / "data-report.json", self.paths.data_report)
@@ -245,9 +266,26 @@ class FineTuneRecipe:
         """ZeRO-3: every rank holds only a shard of each weight."""
         return bool(self.deepspeed) and self.plan.zero_stage == 3
 
-    def _baseline(self) -> None:
+    def _load_benchmarks(self) -> None:
+        f = self.spec.evaluation.forgetting
+        for bench in f.benchmarks if f is not None else []:
+            cache = str(Path(self.config.paths.scratch_dir, "benchmarks", bench.name))
+            self.benchmark_items[bench.name] = benchmarks.load(
+                bench, cache, self.spec.dataset.split.seed
+            )
+
+    def _wants_baseline(self) -> bool:
+        """The base model is scored for any comparison the spec asks for."""
         ev = self.spec.evaluation
-        if not ev.compare_baseline:
+        return (
+            ev.compare_baseline
+            or ev.few_shot is not None
+            or ev.previous is not None
+            or ev.forgetting is not None
+        )
+
+    def _baseline(self) -> None:
+        if not self._wants_baseline():
             return
         if self.zero3:
             # zero.Init loaded the weights as shards, and gathering them whole on every
@@ -280,42 +318,148 @@ class FineTuneRecipe:
 
     def _score_baseline(self, model: Any, synced: bool = False) -> None:
         if self.paths.baseline.is_file():  # a resumed attempt: the base model has not changed
-            self.baseline = json.loads(self.paths.baseline.read_text())
+            loaded = json.loads(self.paths.baseline.read_text())
+            # baseline.json of an older trainer held the zero-shot figures at the top level
+            self.baseline = {"zeroShot": loaded} if "metrics" in loaded else loaded
+            self._target_advice()
             return
+        ev = self.spec.evaluation
         started = time.monotonic()
-        scores = self._score(model, synced)
+        base: dict[str, Any] = {}
+        settings = self._settings(synced)
+        # Under ZeRO-3 every rank runs these in step (the engine's gathers are collectives).
+        scores = self._score(model, synced)  # validation, test, general text: one pass
+        base["generalPerplexity"] = scores.general_perplexity
+        if ev.compare_baseline:
+            base["zeroShot"] = {
+                "metrics": scores.metrics,
+                "samples": scores.samples,
+                "source": baselines.zero_shot_source(),
+            }
+        if ev.few_shot is not None:
+            shots = baselines.load_shots(self.data_dir)
+            found, samples = baselines.few_shot(
+                model, self.tokenizer, shots, self.splits.get("test"), settings
+            )
+            base["fewShot"] = {
+                "metrics": found,
+                "samples": samples,
+                "source": baselines.few_shot_source(shots, ev.few_shot.seed),
+            }
+        base["benchmarks"] = self._score_benchmarks(model, synced)
         if not self.state.is_main_process:
             return
-        self.baseline = {
-            "metrics": scores.metrics,
-            "samples": scores.samples,
-            "generalPerplexity": scores.general_perplexity,
-            "seconds": round(time.monotonic() - started, 2),
+        # The previous model is not sharded: rank 0 scores it alone.
+        prev, why = baselines.previous_model(self.config)
+        if prev is not None:
+            base["previous"] = self._score_previous(prev)
+        elif why:
+            base["missing"] = {"previous": why}
+        base["seconds"] = round(time.monotonic() - started, 2)
+        self.baseline = base
+        outputs.write_json(self.paths.baseline, base)
+        log.info(
+            "baselines: %s",
+            {
+                k: v.get("metrics")
+                for k, v in base.items()
+                if isinstance(v, dict) and "metrics" in v
+            },
+        )
+        self._target_advice()
+
+    def _score_previous(self, prev: Any) -> dict[str, Any]:
+        import torch
+
+        dtype = (
+            next(self.model.parameters()).dtype
+            if not self.capability.quantised_base
+            else torch.float32
+        )
+        model = baselines.load_previous(
+            prev,
+            self.config.paths.pvc_root,
+            self.config.paths.scratch_dir,
+            dtype,
+            self.spec.model.trust_remote_code,
+        )
+        model.to(next(self.model.parameters()).device)
+        scores = self._score(model)
+        del model
+        baselines.release()
+        return {"metrics": scores.metrics, "samples": scores.samples, "source": prev.description}
+
+    def _score_benchmarks(self, model: Any, synced: bool = False) -> dict[str, Any]:
+        return {
+            name: {
+                k: v
+                for k, v in benchmarks.score(model, self.tokenizer, items, synced).items()
+                if k != "loglikelihoods"
+            }
+            for name, items in self.benchmark_items.items()
         }
-        outputs.write_json(self.paths.baseline, self.baseline)
-        log.info("baseline: %s", scores.metrics)
+
+    def _target_advice(self) -> None:
+        few = ((self.baseline or {}).get("fewShot") or {}).get("metrics")
+        found = gate.target_advice(self.spec.evaluation, few)
+        self.advice += found
+        if found and self.state.is_main_process and self.paths.data_report.is_file():
+            # the data report gets the score-based rules too: one place for the advice
+            doc = json.loads(self.paths.data_report.read_text())
+            doc["advice"] = self.advice
+            outputs.write_json(self.paths.data_report, doc)
+
+    def _settings(self, synced: bool = False) -> evaluation.Settings:
+        ev = self.spec.evaluation
+        return evaluation.Settings(
+            metrics=ev.metrics,
+            max_new_tokens=ev.max_new_tokens,
+            max_samples=ev.max_test_samples,
+            sample_generations=ev.sample_generations,
+            synced=synced,
+        )
 
     def _score(self, model: Any, synced: bool = False) -> evaluation.Scores:
-        ev = self.spec.evaluation
-        return evaluation.score(
-            model,
-            self.tokenizer,
-            self.splits,
-            ev.metrics,
-            ev.max_new_tokens,
-            ev.max_test_samples,
-            ev.sample_generations,
-            synced,
-        )
+        return evaluation.score(model, self.tokenizer, self.splits, self._settings(synced))
+
+    def _eval_extras(self) -> dict[str, float]:
+        """Figures added to every evaluation during training: the watched task metric on
+        the validation prompts, and benchmark accuracy with forgetting.perEpoch."""
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        out: dict[str, float] = {}
+        task = self.watch.task_metric
+        prompts = self.splits.get("validation_prompts") or self.splits.get("validation")
+        if task is not None and prompts is not None and "prompt_text" in prompts.column_names:
+            s = self._settings(self.zero3)
+            wanted = evaluation.Settings(
+                metrics=[task],
+                max_new_tokens=s.max_new_tokens,
+                max_samples=s.max_samples,
+                sample_generations=0,
+                synced=s.synced,
+            )
+            found, _ = evaluation.generation_scores(
+                model, self.tokenizer, prompts["prompt_text"], prompts["reference"], wanted
+            )
+            key = next(k for k, v in selection.TASK_KEY.items() if v == task)
+            out[key] = found.get(task, 0.0)
+        f = self.spec.evaluation.forgetting
+        if f is not None and f.per_epoch:
+            metric = {b.name: b.metric for b in f.benchmarks}
+            for name, figures in self._score_benchmarks(model, self.zero3).items():
+                out[f"benchmark_{name}"] = figures[metric[name]]
+        return out
 
     def _training_args(self) -> Any:
         from trl import SFTConfig
+
+        from . import preference
 
         t, ev = self.spec.training, self.spec.evaluation
         self.gradient_checkpointing = self.plan.gradient_checkpointing
         every = t.checkpoint.every_steps
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.paths.tensorboard)
-        return SFTConfig(
+        common: dict[str, Any] = dict(
             output_dir=str(self.paths.checkpoints),
             per_device_train_batch_size=self.plan.micro_batch_size,
             per_device_eval_batch_size=self.plan.micro_batch_size,
@@ -333,7 +477,6 @@ class FineTuneRecipe:
             deepspeed=self.deepspeed,
             gradient_checkpointing=self.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
-            neftune_noise_alpha=t.neftune_noise_alpha,
             seed=t.seed,
             data_seed=t.seed,
             logging_steps=1,
@@ -343,15 +486,23 @@ class FineTuneRecipe:
             save_strategy="steps" if every else "epoch",
             save_steps=every or 500,
             save_total_limit=None,  # rotation is ours: last K plus the best
-            metric_for_best_model="eval_loss" if ev.strategy != "no" else None,
-            greater_is_better=False,
+            # the best evaluation by the watched metric; loading it back is ours too
+            # (selection.restore_best), after the last step
+            metric_for_best_model=self.watch.key if ev.strategy != "no" else None,
+            greater_is_better=self.watch.greater_is_better,
             report_to=["tensorboard"],
             include_num_input_tokens_seen="non_padding",
-            dataset_kwargs={"skip_prepare_dataset": True},
             remove_unused_columns=False,
-            max_length=None,
             disable_tqdm=True,
             dataloader_num_workers=0,
+        )
+        if self.spec.objective != "sft":
+            return preference.training_args(self.spec, common)
+        return SFTConfig(
+            **common,
+            neftune_noise_alpha=t.neftune_noise_alpha,
+            dataset_kwargs={"skip_prepare_dataset": True},
+            max_length=None,
         )
 
     def _build_trainer(self) -> Any:
@@ -363,6 +514,8 @@ class FineTuneRecipe:
             NaNGuard,
             PreemptionCallback,
             ProgressCallback,
+            SaveOnEvaluate,
+            preference_trainer,
         )
         from .collate import Collator, training_view
         from .progress import ProgressReporter
@@ -383,30 +536,64 @@ class FineTuneRecipe:
             self.reporter, self.config.job.namespace, self.config.job.name, self.config.job.attempt
         )
         callbacks: list[Any] = [NaNGuard(), PreemptionCallback(self.preemption), self.progress]
-        if self.zero3 and self.spec.evaluation.compare_baseline:
+        if self.zero3 and self._wants_baseline():
             callbacks.append(BaselineCallback(self.sharded_baseline))
         if every:
             callbacks.append(EpochCheckpoint())
+        if eval_strategy != "no":
+            callbacks.append(SaveOnEvaluate())
         self.early_stopping = None
         es = t.early_stopping
         if es is not None and es.enabled and eval_strategy != "no":
-            if es.metric != "eval_loss":
-                log.warning(
-                    "early stopping watches eval_loss; %s is only scored at the end", es.metric
-                )
-            self.early_stopping = EarlyStopping("eval_loss", False, es.patience, es.threshold)
+            w = self.watch
+            self.early_stopping = EarlyStopping(
+                w.key, w.greater_is_better, es.patience, es.threshold
+            )
             callbacks.append(self.early_stopping)
-        trainer = KubetuneSFTTrainer(
-            model=self.model,
-            args=args,
-            train_dataset=training_view(self.splits["train"]),
-            eval_dataset=training_view(self.splits["validation"]) if has_validation else None,
-            processing_class=self.tokenizer,
-            data_collator=Collator(self.tokenizer.pad_token_id),
-            peft_config=self.method.peft_config(self.spec, self.model_dir),
-            callbacks=callbacks,
-        )
+        peft_config = self.method.peft_config(self.spec, self.model_dir)
+        if self.spec.objective == "sft":
+            trainer = KubetuneSFTTrainer(
+                model=self.model,
+                args=args,
+                train_dataset=training_view(self.splits["train"]),
+                eval_dataset=training_view(self.splits["validation"]) if has_validation else None,
+                processing_class=self.tokenizer,
+                data_collator=Collator(self.tokenizer.pad_token_id),
+                peft_config=peft_config,
+                callbacks=callbacks,
+            )
+        else:
+            from .preference import trl_rows
+
+            if self.chat_template:  # TRL renders the pairs: with the data report's template
+                self.tokenizer.chat_template = self.chat_template
+            trainer = preference_trainer(self.spec.objective)(
+                model=self.model,
+                args=args,
+                train_dataset=trl_rows(self.splits["train"]),
+                eval_dataset=trl_rows(self.splits["validation"]) if has_validation else None,
+                processing_class=self.tokenizer,
+                peft_config=peft_config,
+                callbacks=callbacks,
+            )
         trainer.keep_checkpoints = t.checkpoint.keep
+        trainer.extra_metrics = self._eval_extras
+        if self.spec.objective != "sft":
+            from kubetune.api.spec import PreferenceSpec
+
+            pref = self.spec.preference or PreferenceSpec()
+            self.preference_info = {
+                "objective": self.spec.objective,
+                "beta": pref.beta,
+                "lossType": pref.loss_type if self.spec.objective == "dpo" else None,
+                "reference": (
+                    "none"
+                    if self.spec.objective == "orpo"
+                    else "a second frozen copy of the base"
+                    if getattr(trainer, "ref_model", None) is not None
+                    else "the base, adapter disabled"
+                ),
+            }
         return trainer
 
     # ------------------------------------------------------------------ train
@@ -421,6 +608,8 @@ class FineTuneRecipe:
         if latest:
             log.info("resuming from %s (step %d)", latest.path, latest.step)
         result = self.trainer.train(resume_from_checkpoint=self.resumed_from)
+        # the evaluations of the run (a later trainer.evaluate() logs into the same history)
+        self.train_history = list(self.trainer.state.log_history)
         self.train_metrics = {
             k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)
         }
@@ -433,6 +622,10 @@ class FineTuneRecipe:
                 f" checkpoint {saved.path.name if saved else 'none'} saved, the next attempt"
                 " resumes from it"
             )
+        if self.spec.training.load_best_at_end:
+            # what is exported and evaluated is the best evaluation's checkpoint, not the
+            # last step's (every rank: under ZeRO-3 the engine loads its own shards)
+            self.best_loaded = selection.restore_best(self.trainer)
 
     # ------------------------------------------------------------------ save
     def save(self) -> None:
@@ -464,38 +657,36 @@ class FineTuneRecipe:
         # every rank scores the same rows in step, rank 0 keeps the result.
         if not self.state.is_main_process and not self.zero3:
             return
-        ev = self.spec.evaluation
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         started = time.monotonic()
         scores = self._score(model, synced=self.zero3)
+        bench = self._score_benchmarks(model, self.zero3)
         if not self.state.is_main_process:
             return
+        metrics = dict(scores.metrics)
+        if self.spec.objective != "sft" and self.trainer.eval_dataset is not None:
+            # the preference trainer's own validation figures for the exported weights
+            found = self.trainer.evaluate()
+            for key, name in (
+                ("eval_rewards/accuracies", "rewardAccuracy"),
+                ("eval_rewards/margins", "rewardMargin"),
+            ):
+                if key in found:
+                    metrics[name] = float(found[key])
         self.final = {
-            "metrics": scores.metrics,
+            "metrics": metrics,
             "samples": scores.samples,
             "generalPerplexity": scores.general_perplexity,
+            "benchmarks": bench,
             "seconds": round(time.monotonic() - started, 2),
         }
-        log.info("tuned: %s", scores.metrics)
-        self.evaluation = {
-            "baseline": (self.baseline or {}).get("metrics"),
-            "final": scores.metrics,
-        }
-        base_ppl = (self.baseline or {}).get("generalPerplexity")
-        if ev.forgetting is not None and base_ppl and scores.general_perplexity:
-            self.evaluation["forgetting"] = evaluation.forgetting(
-                base_ppl,
-                scores.general_perplexity,
-                ev.forgetting.max_perplexity_increase_percent,
-            )
+        log.info("tuned: %s", metrics)
+        self.evaluation = self._figures(metrics, scores.general_perplexity, bench)
         history = self.trainer.state.log_history
         patience = (
             self.spec.training.early_stopping.patience if self.spec.training.early_stopping else 2
         )
-        self.evaluation["overfitting"] = evaluation.overfitting(history, patience)
-        self.evaluation["passed"] = bool(
-            (self.evaluation.get("forgetting") or {}).get("passed", True)
-        )
+        self.overfitting = evaluation.overfitting(history, patience)
         curve = plots.loss_curve(history, self.paths.loss_curve, self.config.job.name)
         if curve:
             self.output.loss_curve = str(curve)
@@ -508,12 +699,70 @@ class FineTuneRecipe:
             self.data_report,
             self.evaluation,
             self.config.job.name,
+            self.advice,
         )
         self.paths.model_card.write_text(card)
         for folder in (self.output.adapter, self.output.model, self.output.merged):
             if folder is not None:
                 (Path(folder) / "README.md").write_text(card)
         self.output.model_card = str(self.paths.model_card)
+
+    def _figures(
+        self, final: dict[str, float], general: float | None, bench: dict[str, Any]
+    ) -> dict[str, Any]:
+        """status.evaluation (wire form): baselines, final, per epoch, best, forgetting,
+        benchmarks and the gate."""
+        ev, base = self.spec.evaluation, self.baseline or {}
+
+        def figures(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+            if not entry or "metrics" not in entry:
+                return None
+            return {**entry["metrics"], "source": entry.get("source")}
+
+        out: dict[str, Any] = {
+            "baseline": figures(base.get("zeroShot")),
+            "fewShot": figures(base.get("fewShot")),
+            "previous": figures(base.get("previous")),
+            "final": dict(final),
+            "perEpoch": selection.per_epoch(self.train_history),
+            "bestMetric": selection.best(self.trainer.state, self.watch, self.best_loaded),
+        }
+        forgetting = None
+        base_ppl = base.get("generalPerplexity")
+        if ev.forgetting is not None and ev.forgetting.source is not None and base_ppl and general:
+            forgetting = evaluation.forgetting(
+                base_ppl, general, ev.forgetting.max_perplexity_increase_percent
+            )
+        out["forgetting"] = forgetting
+        results = []
+        if ev.forgetting is not None:
+            for b in ev.forgetting.benchmarks:
+                before, after = (base.get("benchmarks") or {}).get(b.name), bench.get(b.name)
+                if before and after:
+                    results.append(
+                        benchmarks.verdict(
+                            b.name,
+                            b.metric,
+                            before[b.metric],
+                            after[b.metric],
+                            after["rows"],
+                            ev.forgetting.max_accuracy_drop_percent,
+                        )
+                    )
+        out["benchmarks"] = results
+        missing = dict(base.get("missing") or {})
+        if not ev.compare_baseline:
+            missing["zeroShot"] = "no zero-shot baseline: evaluation.compareBaseline is false"
+        out["gate"] = gate.gate(
+            ev,
+            {k: (base.get(k) or {}).get("metrics") for k in ("zeroShot", "fewShot", "previous")},
+            final,
+            missing,
+            forgetting,
+            results,
+        )
+        out["passed"] = out["gate"].get("passed")
+        return {k: v for k, v in out.items() if v not in (None, [])}
 
     def report(self) -> dict[str, Any]:
         """The full report (report.json): everything the summary had to leave out."""
@@ -530,6 +779,9 @@ class FineTuneRecipe:
             "baseline": self.baseline,
             "final": self.final,
             "evaluation": self.evaluation,
+            "overfitting": getattr(self, "overfitting", None),
+            "preference": getattr(self, "preference_info", None),
+            "advice": self.advice,
             "data": self.data_report,
             "logHistory": state.log_history if state else [],
             "checkpoints": [str(c.path) for c in checkpoints.list_complete(self.paths.checkpoints)],
@@ -606,6 +858,10 @@ class FineTuneRecipe:
             evaluation=self._evaluation_status(),
             output=self.output if self.output.to_k8s() else None,
             data={k: int(v) for k, v in counts.items() if isinstance(v, int)},
+            advice=[
+                Advice.model_validate({k: v for k, v in a.items() if k in Advice.model_fields})
+                for a in self.advice
+            ],
         )
 
     def _final_progress(self, completed: bool) -> Progress | None:
@@ -619,14 +875,17 @@ class FineTuneRecipe:
         return final
 
     def _evaluation_status(self) -> EvaluationStatus | None:
-        """Baseline vs tuned, the forgetting verdict and the gate, as status shows them."""
-        ev = self.evaluation
+        """Baselines vs tuned, per epoch, best, forgetting, benchmarks and the gate, as
+        status shows them (typed here: a key the schema lacks fails now, not in the API
+        server). Only the newest evaluations fit the termination log."""
+        ev = dict(self.evaluation)
         if not ev:
             return None
-        forgetting = ev.get("forgetting")
-        return EvaluationStatus(
-            baseline=EvalMetrics.model_validate(ev["baseline"]) if ev.get("baseline") else None,
-            final=EvalMetrics.model_validate(ev["final"]) if ev.get("final") else None,
-            forgetting=ForgettingStatus.model_validate(forgetting) if forgetting else None,
-            passed=ev.get("passed"),
-        )
+        if len(ev.get("perEpoch") or []) > PER_EPOCH_IN_SUMMARY:
+            ev["perEpoch"] = ev["perEpoch"][-PER_EPOCH_IN_SUMMARY:]
+        return EvaluationStatus.model_validate(ev)
+
+
+PER_EPOCH_IN_SUMMARY = 12
+"""The newest evaluations that fit the 4 KiB termination log with everything else
+(report.json has them all)."""

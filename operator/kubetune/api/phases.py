@@ -56,6 +56,8 @@ class ConditionType(StrEnum):
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
     SUSPENDED = "Suspended"
+    DATA_WARNING = "DataWarning"
+    """A rule of thumb about the data or the baselines warns (status.advice)."""
 
 
 class Reason(StrEnum):
@@ -85,6 +87,8 @@ class Reason(StrEnum):
     VOLUME_NOT_FOUND = "VolumeNotFound"
     CONFIG_ERROR = "ConfigError"
     OUTPUT_CLAIM_NOT_SHARED = "OutputClaimNotShared"
+    WAITING_FOR_PREVIOUS_JOB = "WaitingForPreviousJob"
+    PREVIOUS_JOB_UNUSABLE = "PreviousJobUnusable"
     # running
     RUNNING = "Running"
     EVALUATING = "Evaluating"
@@ -98,6 +102,8 @@ class Reason(StrEnum):
     COMPLETED = "Completed"
     EVALUATION_PASSED = "EvaluationPassed"
     EVALUATION_GATE_FAILED = "EvaluationGateFailed"
+    NOT_CHECKED = "NotChecked"
+    NO_WARNINGS = "NoWarnings"
     RETRIES_EXHAUSTED = "RetriesExhausted"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     OUT_OF_MEMORY = "OutOfMemory"

@@ -97,9 +97,15 @@ class ModelSpec(ModelSource):
     trust_remote_code: bool = False
     """Run the model repository's own Python code. Only for sources you trust."""
 
+    def location(self) -> ModelSource:
+        """Where the model is, without the planning and loading settings."""
+        return ModelSource.model_validate(self.model_dump(include=set(ModelSource.model_fields)))
+
 
 # --------------------------------------------------------------------------- dataset
-DatasetFormat = Literal["auto", "alpaca", "sharegpt", "messages", "text", "completion"]
+DatasetFormat = Literal[
+    "auto", "alpaca", "sharegpt", "messages", "text", "completion", "preference"
+]
 
 
 class FieldMapping(ApiModel):
@@ -127,6 +133,10 @@ class FieldMapping(ApiModel):
     """Completion column (default `completion`)."""
     system: str | None = None
     """Per-row system prompt column (default `system`)."""
+    chosen: str | None = None
+    """Preference data: the preferred answer column (default `chosen`)."""
+    rejected: str | None = None
+    """Preference data: the dispreferred answer column (default `rejected`)."""
 
 
 class SplitSpec(ApiModel):
@@ -245,16 +255,43 @@ class PromptTuningSpec(ApiModel):
     """Initialise prompt tuning from this text instead of random vectors."""
 
 
+# --------------------------------------------------------------------------- objective
+Objective = Literal["sft", "dpo", "orpo"]
+PREFERENCE_OBJECTIVES = ("dpo", "orpo")
+
+
+class PreferenceSpec(ApiModel):
+    """Preference tuning settings (objectives dpo and orpo), passed to TRL's trainers."""
+
+    beta: Annotated[float, Field(gt=0.0, le=100.0)] = 0.1
+    """DPO: how far the policy may move from the reference (higher = closer); ORPO: the
+    weight of the odds-ratio term (the paper's lambda)."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    """DPO loss: `sigmoid` (the DPO paper), `ipo`, `hinge` (SLiC) or `robust`
+    (label-noise-robust DPO, with labelSmoothing)."""
+    # le=0.49, not lt=0.5: the API server checks the default 0 (an integer in JSON)
+    # against a fractional exclusive maximum in integers, and refuses the CRD
+    label_smoothing: Annotated[float, Field(ge=0.0, le=0.49)] = 0.0
+    """Robust DPO: the assumed share of flipped preference labels (below 0.5)."""
+
+
 # --------------------------------------------------------------------------- training
+WatchedMetric = Literal["eval_loss", "exact_match", "rouge_l", "accuracy", "reward_accuracy"]
+"""Validation metrics a run can watch: loss, the task metrics (scored by generation on
+the validation split at each evaluation) and, for preference objectives, DPO's reward
+accuracy."""
+
+
 class EarlyStoppingSpec(ApiModel):
-    """Stop when the validation metric stops improving."""
+    """Stop when the validation metric stops improving; the same metric picks the best
+    checkpoint (`training.loadBestAtEnd`)."""
 
     enabled: bool = True
-    """Turn early stopping on."""
+    """Turn early stopping on; `false` keeps `metric` for picking the best checkpoint only."""
     patience: Annotated[int, Field(gt=0, le=1000)] = 3
     """Evaluations without improvement before stopping."""
-    metric: Literal["eval_loss", "exact_match", "rouge_l", "accuracy"] = "eval_loss"
-    """Metric watched; loss is minimised, the others maximised."""
+    metric: WatchedMetric = "eval_loss"
+    """Metric watched on the validation split; loss is minimised, the others maximised."""
     threshold: Annotated[float, Field(ge=0.0)] = 0.0
     """Minimum change that counts as improvement."""
 
@@ -303,24 +340,159 @@ class TrainingSpec(ApiModel):
     """Checkpoint interval and retention."""
     neftune_noise_alpha: Annotated[float, Field(gt=0, le=100)] | None = None
     """NEFTune embedding noise (5 is common); unset disables it."""
+    load_best_at_end: bool = True
+    """Export and evaluate the best checkpoint by the watched metric (earlyStopping.metric,
+    else validation loss) instead of the last one."""
 
 
 # --------------------------------------------------------------------------- evaluation
-Metric = Literal["loss", "perplexity", "exactMatch", "rougeL", "accuracy"]
+Metric = Literal["loss", "perplexity", "exactMatch", "rougeL", "accuracy", "preferenceAccuracy"]
+TaskMetric = Literal["exactMatch", "rougeL", "accuracy", "preferenceAccuracy"]
 
 
 DEFAULT_METRICS: tuple[Metric, ...] = ("loss", "perplexity", "exactMatch")
 
 
-class ForgettingSpec(ApiModel):
-    """Perplexity on general text before and after tuning."""
+class BenchmarkFields(ApiModel):
+    """Column names of a multiple-choice benchmark, when they differ from the defaults."""
 
+    question: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "question"
+    """The question, or the context to complete (HellaSwag: `ctx`)."""
+    choices: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "choices"
+    """The answer options: a list of strings, or ARC's `{text: [...], label: [...]}`
+    (HellaSwag: `endings`)."""
+    answer: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "answer"
+    """The right option: its index (0-based, number or string), its letter or its label
+    (ARC: `answerKey`, HellaSwag: `label`)."""
+
+
+class BenchmarkSpec(ApiModel):
+    """A multiple-choice benchmark you supply (the layout MMLU, ARC and HellaSwag use),
+    scored by the log-likelihood of each choice, before and after tuning."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    """Short name shown in status, e.g. `mmlu` or `arc-easy`."""
     source: DataSource
-    """General held-out text (plain `text` rows, or chat)."""
+    """The rows: JSONL/JSON/Parquet/CSV with question, choices and answer."""
+    fields: BenchmarkFields = Field(
+        default_factory=BenchmarkFields, json_schema_extra=lambda s: _default(s, BenchmarkFields)
+    )
+    """Column names."""
+    style: Literal["question", "completion", "letters"] = "question"
+    """How a row becomes text, as lm-evaluation-harness does it: `question` scores
+    "Question: {q}\nAnswer:" + " {choice}" (ARC); `completion` scores "{q}" + " {choice}"
+    (HellaSwag); `letters` lists the choices as A., B., ... and scores " A", " B", ... (MMLU)."""
+    metric: Literal["accuracy", "accuracyNorm"] = "accuracy"
+    """What the verdict compares: `accuracy` (the choice with the highest log-likelihood)
+    or `accuracyNorm` (log-likelihood per character, as reported for HellaSwag)."""
+    max_samples: Annotated[int, Field(gt=0)] = 500
+    """Rows scored (the first ones after a seeded shuffle)."""
+
+
+class ForgettingSpec(ApiModel):
+    """Catastrophic-forgetting checks: perplexity on general text and accuracy on
+    multiple-choice benchmarks, before and after tuning."""
+
+    source: DataSource | None = None
+    """General held-out text (plain `text` rows, or chat) for the perplexity check."""
     max_perplexity_increase_percent: Annotated[float, Field(ge=0, le=1000)] = 3.0
     """Fail the evaluation gate (not the job) when perplexity rises more than this."""
     max_samples: Annotated[int, Field(gt=0)] = 500
     """Rows of the source to score."""
+    benchmarks: Annotated[list[BenchmarkSpec], Field(max_length=8)] = Field(default_factory=list)
+    """Multiple-choice benchmarks scored before and after."""
+    max_accuracy_drop_percent: Annotated[float, Field(ge=0, le=100)] = 2.0
+    """Fail the gate when a benchmark's accuracy drops by more than this many points."""
+    per_epoch: bool = False
+    """Also score the benchmarks at every evaluation during training."""
+
+    model_config = with_cel(
+        {
+            "rule": "has(self.source) || (has(self.benchmarks) && size(self.benchmarks) > 0)",
+            "message": "give a source (perplexity) or benchmarks (accuracy), or both",
+        },
+        {
+            "rule": "!has(self.benchmarks) || self.benchmarks.all(b,"
+            " self.benchmarks.filter(o, o.name == b.name).size() == 1)",
+            "message": "benchmark names must be unique",
+            "fieldPath": ".benchmarks",
+        },
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> ForgettingSpec:
+        if self.source is None and not self.benchmarks:
+            raise ValueError("give a source (perplexity) or benchmarks (accuracy), or both")
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names must be unique, got {', '.join(names)}")
+        return self
+
+
+class FewShotSpec(ApiModel):
+    """A few-shot baseline: the base model prompted with k solved training examples."""
+
+    shots: Annotated[int, Field(ge=1, le=32)] = 3
+    """Examples put before each test prompt, drawn from the training split (never the
+    test split) and rendered in the model's chat template."""
+    seed: int = 1234
+    """Seed of the draw (the same shots precede every test row)."""
+
+
+class PreviousSpec(ApiModel):
+    """An earlier fine-tune scored on the same rows: a `job`, or a `model` location."""
+
+    job: Name | None = None
+    """A FineTuneJob in this namespace that succeeded; its output is scored."""
+    model: ModelSource | None = None
+    """A model directory (config.json and weights), or with `adapter` a PEFT adapter."""
+    adapter: bool = False
+    """`model` is a PEFT adapter for this job's base model."""
+
+    model_config = with_cel(
+        {
+            "rule": "has(self.job) != has(self.model)",
+            "message": "set exactly one of job, model",
+        },
+        {
+            "rule": "!has(self.adapter) || !self.adapter || has(self.model)",
+            "message": "adapter describes model; a job's output kind is known",
+            "fieldPath": ".adapter",
+        },
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> PreviousSpec:
+        if (self.job is None) == (self.model is None):
+            raise ValueError("set exactly one of job, model")
+        if self.adapter and self.model is None:
+            raise ValueError("adapter describes model; a job's output kind is known")
+        return self
+
+
+class TargetSpec(ApiModel):
+    """The score the fine-tune is for; the few-shot baseline is compared with it."""
+
+    metric: TaskMetric = "exactMatch"
+    """Task metric on the test split."""
+    value: Annotated[float, Field(gt=0.0, le=1.0)]
+    """The score wanted, 0..1."""
+
+
+Baseline = Literal["zeroShot", "fewShot", "previous"]
+
+
+class GateSpec(ApiModel):
+    """What `status.evaluation.gate` checks: the task metric against a baseline, and
+    forgetting within its limits."""
+
+    baseline: Baseline = "zeroShot"
+    """The baseline the tuned model must beat (fewShot and previous need their blocks)."""
+    metric: Metric | None = None
+    """The metric compared; default the first task metric in `metrics`, else loss."""
+    margin: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
+    """By how much the tuned model must beat the baseline, in the metric's units (0..1
+    for task metrics; loss and perplexity must be lower by this much)."""
 
 
 class EvaluationSpec(ApiModel):
@@ -330,34 +502,69 @@ class EvaluationSpec(ApiModel):
     """Evaluate at each epoch end, every `everySteps`, or only at the end."""
     every_steps: Annotated[int, Field(gt=0)] | None = None
     """Steps between evaluations with strategy `steps`."""
-    metrics: Annotated[list[Metric], Field(max_length=5)] = Field(
+    metrics: Annotated[list[Metric], Field(max_length=6)] = Field(
         default_factory=lambda: list(DEFAULT_METRICS),
         json_schema_extra={"default": ["loss", "perplexity", "exactMatch"]},
     )
-    """Metrics on the test split; task metrics (exactMatch, rougeL, accuracy) generate."""
+    """Metrics on the test split; task metrics (exactMatch, rougeL, accuracy) generate,
+    preferenceAccuracy compares the chosen and rejected answers' log-likelihoods."""
     compare_baseline: bool = True
-    """Also score the base model before training, so status shows baseline → tuned."""
+    """Also score the base model before training (the zero-shot baseline), so status
+    shows baseline → tuned."""
+    few_shot: FewShotSpec | None = None
+    """Also score the base model with k training examples in the prompt."""
+    previous: PreviousSpec | None = None
+    """Also score an earlier fine-tune (another job, a model or an adapter)."""
+    target: TargetSpec | None = None
+    """The task score wanted; with a few-shot baseline, status says when prompting
+    already comes close (fine-tuning may not be needed)."""
+    gate: GateSpec = Field(
+        default_factory=GateSpec, json_schema_extra=lambda s: _default(s, GateSpec)
+    )
+    """What the evaluation gate checks."""
     forgetting: ForgettingSpec | None = None
-    """Forgetting check on general data."""
+    """Forgetting checks on general data and benchmarks."""
     sample_generations: Annotated[int, Field(ge=0, le=100)] = 5
     """Test prompts whose generations are recorded in the report."""
     max_new_tokens: Annotated[int, Field(gt=0, le=8192)] = 128
     """Generation length limit for task metrics."""
     max_test_samples: Annotated[int, Field(gt=0)] = 200
-    """Test rows scored by generation."""
+    """Test rows scored by generation (and validation rows, when a task metric is watched)."""
 
     model_config = with_cel(
         {
             "rule": "self.strategy != 'steps' || has(self.everySteps)",
             "message": "strategy steps needs everySteps",
-        }
+        },
+        {
+            "rule": "!has(self.gate) || self.gate.baseline != 'fewShot' || has(self.fewShot)",
+            "message": "gate.baseline fewShot needs evaluation.fewShot",
+            "fieldPath": ".gate.baseline",
+        },
+        {
+            "rule": "!has(self.gate) || self.gate.baseline != 'previous' || has(self.previous)",
+            "message": "gate.baseline previous needs evaluation.previous",
+            "fieldPath": ".gate.baseline",
+        },
     )
 
     @model_validator(mode="after")
     def _steps(self) -> EvaluationSpec:
         if self.strategy == "steps" and self.every_steps is None:
             raise ValueError("strategy steps needs everySteps")
+        needs = {"fewShot": self.few_shot, "previous": self.previous}
+        if self.gate.baseline in needs and needs[self.gate.baseline] is None:
+            raise ValueError(
+                f"gate.baseline {self.gate.baseline} needs evaluation.{self.gate.baseline}"
+            )
         return self
+
+    def gate_metric(self) -> str:
+        """The metric the gate compares: the spec's, else the first task metric, else loss."""
+        if self.gate.metric is not None:
+            return self.gate.metric
+        task = [m for m in self.metrics if m not in ("loss", "perplexity")]
+        return task[0] if task else "loss"
 
 
 # --------------------------------------------------------------------------- resources
@@ -495,6 +702,13 @@ class FineTuneJobSpec(ApiModel):
     """Quantisation settings (methods qlora, auto)."""
     prompt_tuning: PromptTuningSpec | None = None
     """Virtual-token settings (methods prompt-tuning, prefix-tuning)."""
+    objective: Objective = "sft"
+    """What the run optimises, whatever the method: `sft` (next-token loss on the
+    answers), `dpo` (direct preference optimisation on prompt/chosen/rejected data; the
+    reference is the frozen base: the base itself for adapters, a second copy for full)
+    or `orpo` (odds-ratio preference optimisation, no reference model)."""
+    preference: PreferenceSpec | None = None
+    """Settings of the preference objectives (dpo, orpo)."""
     training: TrainingSpec = Field(
         default_factory=TrainingSpec, json_schema_extra=lambda s: _default(s, TrainingSpec)
     )
@@ -537,6 +751,30 @@ class FineTuneJobSpec(ApiModel):
             "fieldPath": ".promptTuning",
         },
         {
+            "rule": "!has(self.preference) || self.objective in ['dpo', 'orpo']",
+            "message": "preference settings need objective dpo or orpo",
+            "fieldPath": ".preference",
+        },
+        {
+            "rule": "!(self.objective in ['dpo', 'orpo'])"
+            " || self.method in ['auto', 'full', 'lora', 'qlora']",
+            "message": "preference objectives (dpo, orpo) train with method full, lora or qlora",
+            "fieldPath": ".objective",
+        },
+        {
+            "rule": "!(self.objective in ['dpo', 'orpo']) || !has(self.dataset.replay)",
+            "message": "dataset.replay mixes general text into supervised data; preference"
+            " objectives (dpo, orpo) train on pairs only",
+            "fieldPath": ".dataset.replay",
+        },
+        {
+            "rule": "!has(self.training.earlyStopping)"
+            " || self.training.earlyStopping.metric != 'reward_accuracy'"
+            " || self.objective in ['dpo', 'orpo']",
+            "message": "earlyStopping.metric reward_accuracy needs objective dpo or orpo",
+            "fieldPath": ".training.earlyStopping.metric",
+        },
+        {
             "rule": "!has(self.output) || !has(self.output.mergeAdapter)"
             " || !self.output.mergeAdapter || !(self.method in"
             f" {list(UNMERGEABLE)})",
@@ -561,6 +799,29 @@ class FineTuneJobSpec(ApiModel):
             )
         if self.output and self.output.merge_adapter and self.method in VIRTUAL_TOKEN_METHODS:
             raise ValueError(f"{MERGE_VIRTUAL_TOKENS}, got {self.method}")
+        if self.preference is not None and self.objective not in PREFERENCE_OBJECTIVES:
+            raise ValueError(
+                f"preference settings need objective dpo or orpo, got {self.objective}"
+            )
+        preference = self.objective in PREFERENCE_OBJECTIVES
+        if preference and self.dataset.replay is not None:
+            raise ValueError(
+                "dataset.replay mixes general text into supervised data; preference"
+                " objectives (dpo, orpo) train on pairs only"
+            )
+        es = self.training.early_stopping
+        if es is not None and es.metric == "reward_accuracy" and not preference:
+            raise ValueError("earlyStopping.metric reward_accuracy needs objective dpo or orpo")
+        if self.objective in PREFERENCE_OBJECTIVES and self.method not in (
+            "auto",
+            "full",
+            "lora",
+            "qlora",
+        ):
+            raise ValueError(
+                "preference objectives (dpo, orpo) train with method full, lora or qlora,"
+                f" got {self.method}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -582,21 +843,27 @@ class FineTuneJobSpec(ApiModel):
                 )
         return self
 
-    def sources(self) -> list[ModelSpec | DataSource]:
-        """Every location the job reads: the model and each dataset source."""
-        found: list[ModelSpec | DataSource | None] = [
+    def sources(self) -> list[ModelSource | DataSource]:
+        """Every location the job reads: the model, each dataset source, the benchmarks
+        and a previous model or adapter given by location."""
+        found: list[ModelSource | DataSource | None] = [
             self.model,
             self.dataset.train,
             self.dataset.validation,
             self.dataset.test,
             self.dataset.replay.source if self.dataset.replay else None,
-            self.evaluation.forgetting.source if self.evaluation.forgetting else None,
         ]
+        ev = self.evaluation
+        if ev.forgetting is not None:
+            found.append(ev.forgetting.source)
+            found += [b.source for b in ev.forgetting.benchmarks]
+        if ev.previous is not None:
+            found.append(ev.previous.model)
         return [src for src in found if src is not None]
 
     def object_stores(self) -> list[ObjectStoreSource]:
         """Every S3/GCS location the job reads or writes."""
-        places: list[ModelSpec | DataSource | OutputSpec] = [*self.sources()]
+        places: list[ModelSource | DataSource | OutputSpec] = [*self.sources()]
         if self.output is not None:
             places.append(self.output)
         return [store for p in places for store in (p.s3, p.gcs) if store is not None]

@@ -195,8 +195,34 @@ class EvalMetrics(ApiModel):
     """ROUGE-L F1 on the test split, 0..1."""
     accuracy: float | None = None
     """Label accuracy on the test split, 0..1."""
+    preference_accuracy: float | None = None
+    """Preference data: share of test pairs whose chosen answer the model finds more
+    likely than the rejected one, 0..1."""
+    preference_margin: float | None = None
+    """Preference data: mean log-likelihood of chosen minus rejected answers (nats)."""
+    reward_accuracy: float | None = None
+    """DPO during training: share of validation pairs whose implicit reward ranks the
+    chosen answer first."""
+    reward_margin: float | None = None
+    """DPO during training: mean implicit reward of chosen minus rejected answers."""
+    benchmarks: dict[str, float] | None = None
+    """Benchmark accuracy by name, 0..1 (per-epoch entries, with forgetting.perEpoch)."""
     epoch: float | None = None
     """Epoch at which it was measured."""
+    step: int | None = None
+    """Optimizer step at which it was measured."""
+    source: str | None = None
+    """What was scored (baselines: the zero-shot base, k shots, which earlier model)."""
+
+
+FIGURES = tuple(
+    (f.alias or name)
+    for name, f in EvalMetrics.model_fields.items()
+    if f.annotation == (float | None) and name != "epoch"
+)
+"""EvalMetrics' figures in their wire names (loss, perplexity, exactMatch, ...), in order."""
+COMPARED = ("baseline", "fewShot", "previous", "final")
+"""EvaluationStatus entries scored on the same rows, shown side by side."""
 
 
 class ForgettingStatus(ApiModel):
@@ -214,19 +240,115 @@ class ForgettingStatus(ApiModel):
     """increasePercent <= limitPercent."""
 
 
+class BenchmarkResult(ApiModel):
+    """One multiple-choice benchmark, before and after tuning."""
+
+    name: str
+    """The spec's benchmark name."""
+    rows: int
+    """Rows scored."""
+    metric: str = "accuracy"
+    """accuracy (the highest-likelihood choice is the answer) or accuracyNorm (per
+    character)."""
+    baseline: float
+    """Base model's accuracy, 0..1."""
+    tuned: float
+    """Tuned model's accuracy, 0..1."""
+    drop_points: float
+    """(baseline - tuned) x 100: accuracy lost, in percentage points."""
+    limit_points: float
+    """forgetting.maxAccuracyDropPercent."""
+    passed: bool
+    """dropPoints <= limitPoints."""
+
+
+class BestMetric(ApiModel):
+    """The evaluation that picked the exported checkpoint."""
+
+    metric: str
+    """The watched metric (earlyStopping.metric, else eval_loss)."""
+    value: float
+    """Its value at the best evaluation."""
+    step: int | None = None
+    """Step of the best evaluation."""
+    epoch: float | None = None
+    """Epoch of the best evaluation."""
+    checkpoint: str | None = None
+    """The checkpoint saved there."""
+    loaded: bool = False
+    """True when the run ended elsewhere and this checkpoint's weights were loaded back
+    before export and the final evaluation."""
+
+
+GateResult = Literal["passed", "failed", "notChecked"]
+
+
+class GateCheck(ApiModel):
+    """One part of the evaluation gate."""
+
+    name: Literal["taskMetric", "perplexity", "benchmarks"]
+    """taskMetric (tuned vs the chosen baseline), perplexity or benchmarks (forgetting)."""
+    result: GateResult
+    """passed, failed, or notChecked when there was nothing to check it with."""
+    message: str = ""
+    """The figures, or why it was not checked."""
+
+
+class GateStatus(ApiModel):
+    """The evaluation gate, part by part."""
+
+    passed: bool | None = None
+    """True when every checked part passed, False when one failed, unset when no part
+    could be checked."""
+    baseline: str = "zeroShot"
+    """The baseline of the taskMetric part."""
+    metric: str = "loss"
+    """The metric of the taskMetric part."""
+    margin: float = 0.0
+    """The margin the tuned model had to beat the baseline by."""
+    checks: list[GateCheck] = Field(default_factory=list)
+    """Each part and its result."""
+
+
 class EvaluationStatus(ApiModel):
-    """Baseline vs tuned."""
+    """Baselines vs tuned, forgetting, the best checkpoint and the gate."""
 
     baseline: EvalMetrics | None = None
-    """The base model, before training."""
+    """The base model, before training, zero-shot."""
+    few_shot: EvalMetrics | None = None
+    """The base model with k training examples in each prompt (task metrics only)."""
+    previous: EvalMetrics | None = None
+    """An earlier fine-tune (evaluation.previous), on the same rows."""
     final: EvalMetrics | None = None
-    """The tuned model."""
+    """The tuned model (the best checkpoint with training.loadBestAtEnd)."""
     per_epoch: list[EvalMetrics] = Field(default_factory=list)
-    """Validation figures at each evaluation."""
+    """Validation figures at each evaluation during training."""
+    best_metric: BestMetric | None = None
+    """The evaluation whose checkpoint was exported."""
     forgetting: ForgettingStatus | None = None
-    """Forgetting check."""
+    """Perplexity forgetting check."""
+    benchmarks: list[BenchmarkResult] = Field(default_factory=list)
+    """Benchmark forgetting checks."""
+    gate: GateStatus | None = None
+    """The gate, part by part."""
     passed: bool | None = None
-    """The evaluation gate: tuned beats baseline and forgetting within the limit."""
+    """gate.passed: tuned beats the chosen baseline and forgetting is within the limits,
+    for the parts that could be checked."""
+
+
+class Advice(ApiModel):
+    """A rule of thumb that applies to this job's data or scores, with its figure."""
+
+    code: str
+    """Stable identifier, e.g. fewExamples, evaluationSplitEmpty, tokenizerFertility."""
+    level: Literal["warning", "info"] = "warning"
+    """warning: worth acting on before spending GPUs; info: context."""
+    message: str
+    """The figure and what to do about it."""
+    value: float | None = None
+    """The measured figure (an example count, a share, a score)."""
+    threshold: float | None = None
+    """The rule's threshold."""
 
 
 class OutputStatus(ApiModel):
@@ -276,6 +398,9 @@ class FineTuneJobStatus(ApiModel):
     """Output paths."""
     data: dict[str, int] | None = None
     """Digest of the data report: example counts at each stage."""
+    advice: list[Advice] = Field(default_factory=list)
+    """Rules of thumb the trainer found apply (data size, empty evaluation splits,
+    tokenizer fertility, few-shot vs target); warnings also set the DataWarning condition."""
     restarts: int = 0
     """Attempts restarted after a retryable failure."""
     attempt: int = 0

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import ApiModel
+from .common import ModelSource
 from .spec import FineTuneJobSpec
 from .status import Plan
 
@@ -45,6 +46,18 @@ class ProgressTarget(ApiModel):
     interval_seconds: float = Field(default=5.0, gt=0)
 
 
+class PreviousModel(ApiModel):
+    """The earlier fine-tune scored as the `previous` baseline, as the operator resolved
+    `spec.evaluation.previous.job` (the other job's output location)."""
+
+    model: ModelSource
+    """The model to load; for an adapter, the base it was trained on."""
+    adapter: ModelSource | None = None
+    """The adapter, when the earlier job trained one."""
+    description: str
+    """What it is, for status (e.g. `job ns/name (lora adapter)`)."""
+
+
 class TrainerConfig(ApiModel):
     """Everything the trainer needs, in one file."""
 
@@ -54,3 +67,5 @@ class TrainerConfig(ApiModel):
     plan: Plan
     paths: RuntimePaths = Field(default_factory=RuntimePaths)
     progress: ProgressTarget = Field(default_factory=ProgressTarget)
+    previous: PreviousModel | None = None
+    """The resolved previous-run baseline (spec.evaluation.previous.job)."""

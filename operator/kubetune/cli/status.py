@@ -10,7 +10,7 @@ from typing import Any
 from kubetune import contract as c
 from kubetune.api import GROUP, PLURAL, VERSION
 from kubetune.api.phases import FINAL_PHASES, Phase
-from kubetune.api.status import progress_parts
+from kubetune.api.status import COMPARED, FIGURES, progress_parts
 
 
 def add_status_parsers(sub: argparse._SubParsersAction) -> None:
@@ -73,13 +73,55 @@ def render_status(body: dict[str, Any]) -> str:
     ckpt = st.get("checkpoints") or {}
     if ckpt.get("latest"):
         lines.append(f"  Checkpoint: {ckpt['latest']} (step {ckpt.get('latestStep', '?')})")
-    ev = st.get("evaluation") or {}
-    base, final = ev.get("baseline") or {}, ev.get("final") or {}
-    if base or final:
-        lines.append("  Evaluation:          baseline     tuned")
-        for key in ("loss", "perplexity", "exactMatch", "rougeL", "accuracy"):
-            if key in base or key in final:
-                lines.append(f"    {key:<18}{_num(base.get(key)):>10}{_num(final.get(key)):>10}")
+    lines += evaluation_lines(st.get("evaluation") or {})
+    for item in st.get("advice") or []:
+        label = "Warning:" if item.get("level") == "warning" else "Note:"
+        lines.append(f"  {label:<10} {item['message']}")
+    for key, value in (st.get("output") or {}).items():
+        if value:
+            lines.append(f"  Output:    {key}: {value}")
+    if st.get("restarts"):
+        lines.append(f"  Restarts:  {st['restarts']} (attempt {st.get('attempt')})")
+    return "\n".join(lines)
+
+
+COLUMNS = tuple(zip(COMPARED, ("zero-shot", "few-shot", "previous", "tuned"), strict=True))
+METRICS = FIGURES
+VERDICT = {True: "passed", False: "FAILED", None: "not checked"}
+
+
+def evaluation_lines(ev: dict[str, Any]) -> list[str]:
+    """Baselines and tuned side by side (same test rows), best checkpoint, forgetting,
+    benchmarks and the gate part by part."""
+    lines: list[str] = []
+    cols = [(key, title) for key, title in COLUMNS if ev.get(key)]
+    names = [m for m in METRICS if any(m in (ev.get(k) or {}) for k, _ in cols)]
+    if names:
+        lines.append(f"  {'Evaluation:':<22}" + "".join(f"{t:>12}" for _, t in cols))
+        for m in names:
+            cells = "".join(f"{_num((ev.get(k) or {}).get(m)):>12}" for k, _ in cols)
+            lines.append(f"    {m:<20}{cells}")
+        for key, title in cols:
+            source = (ev.get(key) or {}).get("source")
+            if source and key != "baseline":
+                lines.append(f"    {title}: {source}")
+    per_epoch = ev.get("perEpoch") or []
+    if per_epoch:
+        lines.append(f"  Per epoch: {len(per_epoch)} evaluation(s) on the validation split")
+        for point in per_epoch:
+            figures = ", ".join(f"{k} {_num(point[k])}" for k in METRICS if k in point)
+            bench = point.get("benchmarks") or {}
+            if bench:
+                figures += ", " + ", ".join(f"{n} {_num(v)}" for n, v in bench.items())
+            epoch = _num(point.get("epoch"), ".3g")
+            lines.append(f"    epoch {epoch:>5} step {point.get('step', '?')}: {figures}")
+    best = ev.get("bestMetric")
+    if best:
+        how = "loaded back and exported" if best.get("loaded") else "the last evaluation"
+        lines.append(
+            f"  Best:      {best['metric']} {_num(best['value'])} at step {best.get('step', '?')}"
+            f" (epoch {_num(best.get('epoch'), '.3g')}): {how}"
+        )
     forgetting = ev.get("forgetting")
     if forgetting:
         verdict = "passed" if forgetting.get("passed") else "FAILED"
@@ -88,14 +130,24 @@ def render_status(body: dict[str, Any]) -> str:
             f" {forgetting['tunedPerplexity']:.4g} ({forgetting['increasePercent']:+.2f}%,"
             f" limit {forgetting['limitPercent']:g}%): {verdict}"
         )
-    if ev.get("passed") is not None:
+    for bench in ev.get("benchmarks") or []:
+        lines.append(
+            f"  Benchmark: {bench['name']} {bench.get('metric', 'accuracy')}"
+            f" {bench['baseline']:.3f} → {bench['tuned']:.3f} ({-bench['dropPoints']:+.1f} points,"
+            f" limit -{bench['limitPoints']:g}) on {bench['rows']} rows:"
+            f" {'passed' if bench['passed'] else 'FAILED'}"
+        )
+    gate = ev.get("gate")
+    if gate:
+        lines.append(f"  Gate:      {VERDICT[gate.get('passed')]}")
+        for check in gate.get("checks") or []:
+            result = {"passed": "passed", "failed": "FAILED", "notChecked": "not checked"}
+            lines.append(
+                f"    {check['name']:<12}{result[check['result']]:<13}{check.get('message', '')}"
+            )
+    elif ev.get("passed") is not None:
         lines.append(f"  Gate:      {'passed' if ev['passed'] else 'FAILED'}")
-    for key, value in (st.get("output") or {}).items():
-        if value:
-            lines.append(f"  Output:    {key}: {value}")
-    if st.get("restarts"):
-        lines.append(f"  Restarts:  {st['restarts']} (attempt {st.get('attempt')})")
-    return "\n".join(lines)
+    return lines
 
 
 def _clients(namespace: str | None) -> tuple[Any, str]:

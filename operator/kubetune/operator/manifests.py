@@ -19,9 +19,16 @@ from kubetune import contract as c
 from kubetune.api import API_VERSION, KIND
 from kubetune.api.spec import DataSource, FineTuneJobSpec, ModelSpec
 from kubetune.api.status import Plan
-from kubetune.api.trainer_config import JobRef, ProgressTarget, RuntimePaths, TrainerConfig
+from kubetune.api.trainer_config import (
+    JobRef,
+    PreviousModel,
+    ProgressTarget,
+    RuntimePaths,
+    TrainerConfig,
+)
 
 from . import naming
+from .previous import claims as previous_claims
 from .settings import Settings
 
 TRAINER_CONTAINER = "trainer"
@@ -96,12 +103,15 @@ def _metadata(name: str, job: JobMeta, attempt: int | None, component: str) -> d
 
 
 # --------------------------------------------------------------------------- volumes
-def claims(spec: FineTuneJobSpec) -> dict[str, bool]:
-    """Every PVC the job reads or writes → whether it must be writable."""
+def claims(spec: FineTuneJobSpec, previous: PreviousModel | None = None) -> dict[str, bool]:
+    """Every PVC the job reads or writes → whether it must be writable (with the claims of
+    a previous job's output scored as a baseline)."""
     out: dict[str, bool] = {}
     for src in spec.sources():
         if src.pvc is not None:
             out.setdefault(src.pvc.claim_name, False)
+    for claim in previous_claims(previous):
+        out.setdefault(claim, False)
     if spec.output and spec.output.pvc:
         out[spec.output.pvc.claim_name] = True
     return out
@@ -154,9 +164,15 @@ def progress_endpoint(settings: Settings) -> str | None:
 
 
 def trainer_config(
-    job: JobMeta, spec: FineTuneJobSpec, plan: Plan, settings: Settings, attempt: int
+    job: JobMeta,
+    spec: FineTuneJobSpec,
+    plan: Plan,
+    settings: Settings,
+    attempt: int,
+    previous: PreviousModel | None = None,
 ) -> TrainerConfig:
     return TrainerConfig(
+        previous=previous,
         job=JobRef(namespace=job.namespace, name=job.name, uid=job.uid, attempt=attempt),
         spec=spec,
         plan=plan,
@@ -170,9 +186,14 @@ def trainer_config(
 
 
 def config_map(
-    job: JobMeta, spec: FineTuneJobSpec, plan: Plan, settings: Settings, attempt: int
+    job: JobMeta,
+    spec: FineTuneJobSpec,
+    plan: Plan,
+    settings: Settings,
+    attempt: int,
+    previous: PreviousModel | None = None,
 ) -> dict[str, Any]:
-    cfg = trainer_config(job, spec, plan, settings, attempt)
+    cfg = trainer_config(job, spec, plan, settings, attempt, previous)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -256,7 +277,12 @@ def _env(job: JobMeta, plan: Plan, settings: Settings, attempt: int) -> list[dic
 
 
 def _volumes(
-    job: JobMeta, spec: FineTuneJobSpec, settings: Settings, attempt: int, gcs: list[str]
+    job: JobMeta,
+    spec: FineTuneJobSpec,
+    settings: Settings,
+    attempt: int,
+    gcs: list[str],
+    previous: PreviousModel | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     shm = spec.resources.shm_size or settings.shm_size
     volumes: list[dict[str, Any]] = [
@@ -269,7 +295,7 @@ def _volumes(
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    writable = claims(spec)
+    writable = claims(spec, previous)
     if not (spec.output and spec.output.pvc):
         volumes.append({"name": "output", "emptyDir": {}})
         mounts.append({"name": "output", "mountPath": c.OUTPUT_DIR})
@@ -371,7 +397,12 @@ def _trainer_image_container(
 
 
 def trainer_job(
-    job: JobMeta, spec: FineTuneJobSpec, plan: Plan, settings: Settings, attempt: int
+    job: JobMeta,
+    spec: FineTuneJobSpec,
+    plan: Plan,
+    settings: Settings,
+    attempt: int,
+    previous: PreviousModel | None = None,
 ) -> dict[str, Any]:
     """One attempt's Indexed Job: one pod per node, gang-failed as a whole.
 
@@ -379,7 +410,7 @@ def trainer_job(
     attempt of all ranks from the latest checkpoint, so no rank is left hanging in NCCL.
     """
     env_creds, s3, gcs = _credentials(spec)
-    volumes, mounts = _volumes(job, spec, settings, attempt, gcs)
+    volumes, mounts = _volumes(job, spec, settings, attempt, gcs, previous)
     placement = Placement.of(plan)
     resources: dict[str, Any] = {"limits": {}, "requests": {}}
     if plan.gpus_per_node > 0:
@@ -448,16 +479,22 @@ def trainer_job(
 
 
 def launch_objects(
-    job: JobMeta, spec: FineTuneJobSpec, plan: Plan, settings: Settings, attempt: int
+    job: JobMeta,
+    spec: FineTuneJobSpec,
+    plan: Plan,
+    settings: Settings,
+    attempt: int,
+    previous: PreviousModel | None = None,
 ) -> list[dict[str, Any]]:
     """Everything one attempt's launch creates, in creation order: the rendezvous Service,
-    the output claim (when the spec sizes one), the trainer config, the Job."""
+    the output claim (when the spec sizes one), the trainer config, the Job. `previous` is
+    the resolved `evaluation.previous.job` baseline (its output, mounted read-only)."""
     objects = [headless_service(job, settings)]
     claim = output_claim(job, spec, plan)
     if claim is not None:
         objects.append(claim)
-    objects.append(config_map(job, spec, plan, settings, attempt))
-    objects.append(trainer_job(job, spec, plan, settings, attempt))
+    objects.append(config_map(job, spec, plan, settings, attempt, previous))
+    objects.append(trainer_job(job, spec, plan, settings, attempt, previous))
     return objects
 
 

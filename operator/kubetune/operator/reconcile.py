@@ -30,7 +30,15 @@ from kubetune import contract as c
 from kubetune.api import API_VERSION, KIND
 from kubetune.api.phases import FINAL_PHASES, ConditionType, Phase, Reason, TrainerPhase
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.api.status import CheckpointStatus, Plan, Progress, duration_text, progress_parts
+from kubetune.api.status import (
+    CheckpointStatus,
+    EvaluationStatus,
+    Plan,
+    Progress,
+    duration_text,
+    progress_parts,
+)
+from kubetune.api.trainer_config import PreviousModel
 from kubetune.api.validate import problems_from_error
 from kubetune.contract import ExitCode
 from kubetune.planner import (
@@ -48,7 +56,7 @@ from kubetune.planner import (
 )
 from kubetune.planner.architecture import from_spec, rough_arch
 
-from . import manifests, metrics, naming
+from . import manifests, metrics, naming, previous
 from .conditions import get_condition, is_true, observed, set_condition, with_kstatus
 from .kube import Kube
 from .observe import Observation, observe, parse_summary, terminated
@@ -426,7 +434,8 @@ class Reconciler:
         meta = ctx.meta
         plan_ = Plan.model_validate(ctx.status["plan"])
         self._check_shared_output(ctx, spec, plan_)
-        for obj in manifests.launch_objects(meta, spec, plan_, self.settings, attempt):
+        prev = self._previous(ctx, spec, attempt)
+        for obj in manifests.launch_objects(meta, spec, plan_, self.settings, attempt, prev):
             self.kube.create(obj)
         st = ctx.status
         first = not st.get("startTime")
@@ -467,6 +476,29 @@ class Reconciler:
             " node can mount it. Use a ReadWriteMany claim (NFS, CephFS, EFS, Filestore,"
             " Azure Files) or set spec.resources.maxNodes: 1",
         )
+
+    def _previous(self, ctx: Ctx, spec: FineTuneJobSpec, attempt: int) -> PreviousModel | None:
+        """The `previous` baseline given as another job: its output location. Waits while
+        that job runs; fails this one when it cannot serve (missing, failed, no output).
+        A later attempt goes on without it: the first attempt's baseline.json has its
+        scores."""
+        ref = spec.evaluation.previous
+        if ref is None or ref.job is None:
+            return None
+        meta = ctx.meta
+        other = self.kube.get_job_resource(meta.namespace, ref.job)
+        try:
+            return previous.resolve(meta.namespace, ref.job, other)
+        except previous.PreviousNotReady as exc:
+            ctx.condition(ConditionType.LAUNCHED, False, Reason.WAITING_FOR_PREVIOUS_JOB, str(exc))
+            ctx.phase(Phase.PENDING, Reason.WAITING_FOR_PREVIOUS_JOB, str(exc))
+            ctx.again(15.0)
+            raise Stop from exc
+        except previous.PreviousInvalid as exc:
+            if attempt > 1:
+                log.warning("%s; attempt %d reuses the scores of attempt 1", exc, attempt)
+                return None
+            self._fail(ctx, Reason.PREVIOUS_JOB_UNUSABLE, str(exc))
 
     # ------------------------------------------------------------------ supervising
     def _supervise(self, ctx: Ctx, spec: FineTuneJobSpec) -> None:
@@ -637,14 +669,8 @@ class Reconciler:
         st["completionTime"] = st.get("completionTime") or _ts(ctx.now)
         ctx.condition(ConditionType.RUNNING, False, Reason.COMPLETED, "training finished")
         ctx.condition(ConditionType.SUCCEEDED, True, Reason.COMPLETED, "training finished")
-        passed = (st.get("evaluation") or {}).get("passed")
-        if passed is not None:
-            ctx.condition(
-                ConditionType.EVALUATION_PASSED,
-                bool(passed),
-                Reason.EVALUATION_PASSED if passed else Reason.EVALUATION_GATE_FAILED,
-                _eval_message(st.get("evaluation") or {}),
-            )
+        _gate_condition(ctx)
+        _data_warning(ctx)
         ctx.phase(Phase.SUCCEEDED, Reason.COMPLETED, _success_message(st))
 
     def _failed(
@@ -654,6 +680,7 @@ class Reconciler:
         code = seen.exit_code or ExitCode.ERROR
         if seen.summary is not None:
             _apply_summary(st, seen.summary, final=False)
+            _data_warning(ctx)  # a failed run's data warnings explain it too
         # Stop every other rank of this attempt now: no rank is left hanging in NCCL.
         self.kube.delete_workload(ctx.meta.namespace, wl_name, grace_seconds=0)
         if not code.retryable:
@@ -784,6 +811,8 @@ def _apply_summary(st: dict[str, Any], summary: c.TerminationSummary, final: boo
         ).to_k8s()
     if summary.data:
         st["data"] = dict(summary.data)
+    if summary.advice:
+        st["advice"] = [a.to_k8s() for a in summary.advice]
     if not final:
         return
     live = Progress.model_validate(st.get("progress") or {})
@@ -798,16 +827,75 @@ def _apply_summary(st: dict[str, Any], summary: c.TerminationSummary, final: boo
         }
     )
     st["progress"] = done.to_k8s()
-    if summary.evaluation is not None:
-        st["evaluation"] = summary.evaluation.to_k8s()
+    _apply_evaluation(st, summary.evaluation)
     if summary.output is not None:
         st["output"] = summary.output.to_k8s()
+
+
+def _apply_evaluation(st: dict[str, Any], evaluation: EvaluationStatus | None) -> None:
+    """status.evaluation as the trainer typed it; the best checkpoint it names also goes
+    into status.checkpoints."""
+    if evaluation is None:
+        return
+    st["evaluation"] = evaluation.to_k8s()
+    best = evaluation.best_metric
+    if best is not None:
+        ckpt = CheckpointStatus.model_validate(st.get("checkpoints") or {})
+        ckpt.best_metric = best.value
+        if best.checkpoint:
+            ckpt.best = best.checkpoint
+        st["checkpoints"] = ckpt.to_k8s()
+
+
+def _data_warning(ctx: Ctx) -> None:
+    """DataWarning from the advice's warnings (True: something to act on)."""
+    advice = ctx.status.get("advice") or []
+    if not advice:
+        return
+    warnings = [a for a in advice if a.get("level") == "warning"]
+    old = get_condition(ctx.status.get("conditions", []), ConditionType.DATA_WARNING) or {}
+    if warnings:
+        reason = warnings[0]["code"][:1].upper() + warnings[0]["code"][1:].replace("-", "")
+        message = "; ".join(a["message"] for a in warnings)[:2000]
+        if old.get("status") != "True":
+            ctx.event("Warning", reason, message)
+        ctx.condition(ConditionType.DATA_WARNING, True, reason, message)
+    else:
+        ctx.condition(
+            ConditionType.DATA_WARNING,
+            False,
+            Reason.NO_WARNINGS,
+            "no rule of thumb warns about this job",
+        )
+
+
+def _gate_condition(ctx: Ctx) -> None:
+    """EvaluationPassed from the gate: True/False when a part was checked, Unknown when
+    no part could be (rather than a silent pass)."""
+    ev = ctx.status.get("evaluation") or {}
+    gate = ev.get("gate")
+    passed = ev.get("passed")
+    if passed is not None:
+        ctx.condition(
+            ConditionType.EVALUATION_PASSED,
+            bool(passed),
+            Reason.EVALUATION_PASSED if passed else Reason.EVALUATION_GATE_FAILED,
+            _eval_message(ev),
+        )
+    elif gate:
+        parts = "; ".join(f"{c['name']}: {c['message']}" for c in gate.get("checks") or [])
+        ctx.condition(
+            ConditionType.EVALUATION_PASSED,
+            "Unknown",
+            Reason.NOT_CHECKED,
+            f"nothing to check: {parts}",
+        )
 
 
 def _eval_message(ev: dict[str, Any]) -> str:
     base, final = ev.get("baseline") or {}, ev.get("final") or {}
     parts = []
-    for key in ("exactMatch", "rougeL", "accuracy", "loss"):
+    for key in ("exactMatch", "rougeL", "accuracy", "preferenceAccuracy", "loss"):
         if key in final:
             before = f"{base[key]:.3g} → " if key in base else ""
             parts.append(f"{key} {before}{final[key]:.3g}")
@@ -817,6 +905,8 @@ def _eval_message(ev: dict[str, Any]) -> str:
             f"forgetting {forgetting.get('increasePercent', 0):+.2f}%"
             f" (limit {forgetting.get('limitPercent', 0):g}%)"
         )
+    for bench in ev.get("benchmarks") or []:
+        parts.append(f"{bench['name']} {-bench['dropPoints']:+.1f} pts")
     return ", ".join(parts)
 
 

@@ -53,6 +53,9 @@ class Workload:
     flash_attention: bool = True
     quantised: bool = False  # a 4-bit base (bitsandbytes)
 
+    pairs: bool = False  # preference objectives: chosen and rejected in one batch (2x rows)
+    reference_copy: bool = False  # DPO on a full fine-tune: a second frozen copy of the base
+
 
 @dataclass
 class Estimate:
@@ -173,10 +176,15 @@ def layer_activation_bytes_per_token(w: Workload, seq_len: int) -> float:
     return (attn + mlp + cal.NORM_ACT_PER_H * h) * scale + lora
 
 
+def sequences(w: Workload) -> int:
+    """Sequences in one forward pass: a preference micro-batch holds chosen and rejected."""
+    return w.micro_batch * (2 if w.pairs else 1)
+
+
 def activations(w: Workload) -> float:
     """Saved activations per GPU: every layer's, or with full recomputation each layer's
     input (2sbh) plus one layer recomputed during the backward pass."""
-    tokens = w.micro_batch * (w.seq_len + w.extra_tokens)
+    tokens = sequences(w) * (w.seq_len + w.extra_tokens)
     seq = w.seq_len + w.extra_tokens
     layer = layer_activation_bytes_per_token(w, seq)
     if w.checkpointing:
@@ -190,7 +198,25 @@ def activations(w: Workload) -> float:
 def logits(w: Workload) -> float:
     """Logits, their fp32 upcast and fp32 gradient: s * b * vocab * 10 bytes in 16-bit."""
     per_entry = cal.LOGITS_BYTES_PER_ENTRY_16BIT + (4 if w.element_bytes == 4 else 0)
-    return w.micro_batch * w.seq_len * w.arch.vocab_size * per_entry
+    return sequences(w) * w.seq_len * w.arch.vocab_size * per_entry
+
+
+def reference(w: Workload, s: Strategy, ranks: int) -> tuple[float, float]:
+    """DPO's reference model per GPU, and its host bytes per node.
+
+    Adapters need none (TRL disables the adapter to get the base's log-probabilities).
+    A full fine-tune keeps a second frozen copy in the training dtype: whole on each GPU
+    under DDP and ZeRO-1/2 (TRL runs it as ZeRO-0), sharded under ZeRO-3, and on the
+    host with parameter offload (TRL prepares it with the run's ZeRO-3 config).
+    """
+    if not w.reference_copy:
+        return 0.0, 0.0
+    copy = float(w.arch.parameters * w.element_bytes)
+    if s.stage == 3 and s.offload == "optimizer+parameters":
+        return cal.ZERO3_GATHER_BYTES * w.arch.largest_layer_parameters, copy
+    if s.stage == 3:
+        return copy / ranks, 0.0
+    return copy, 0.0
 
 
 # --------------------------------------------------------------------- total
@@ -201,6 +227,10 @@ def estimate(w: Workload, s: Strategy, gpus_per_node: int = 1, nodes: int = 1) -
     terms.update(states)
     terms["activations"] = activations(w)
     terms["logits"] = logits(w)
+    ref_gpu, ref_host = reference(w, s, gpus_per_node * nodes)
+    if w.reference_copy:
+        terms["reference"] = ref_gpu
+        host += ref_host
     dynamic = terms["activations"] + terms["logits"]
     fixed = cal.CUDA_CONTEXT_GIB + (cal.NCCL_BUFFERS_GIB if gpus_per_node * nodes > 1 else 0)
     terms["overhead"] = fixed * cal.GiB + cal.FRAGMENTATION * dynamic

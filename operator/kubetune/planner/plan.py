@@ -303,6 +303,7 @@ def _build(
         f"predicted peak {est.total / cal.GiB:.1f} GiB per GPU of"
         f" {fit.budget / cal.GiB:.1f} GiB usable ({spec.resources.max_gpu_memory_fraction:g}"
         f" of {shape.pool.gpu_memory_gi_b:g} GiB)",
+        _objective_reason(req, fit),
         f"learning rate {lr:g}"
         + (" (spec)" if t.learning_rate is not None else " (method default)"),
         f"~{req.step_seconds(shape, fit.checkpointing):.1f} s per optimizer step at"
@@ -340,6 +341,34 @@ def _build(
         alternatives=alternatives,
         dataset_rows=size.rows if size else None,
         dataset_tokens=size.tokens if size else None,
+    )
+
+
+def _objective_reason(req: Request, fit: Fit) -> str:
+    """What a preference objective adds to the memory (empty for SFT)."""
+    objective = req.spec.objective
+    if objective == "sft":
+        return ""
+    pairs = (
+        f"{objective}: chosen and rejected answers run in one batch, so activations and logits"
+        f" are counted for {2 * fit.micro_batch} sequences per micro-batch"
+    )
+    if objective == "orpo":
+        return f"{pairs}; no reference model (ORPO has none)"
+    if not req.policy.trains_all:
+        return (
+            f"{pairs}; the reference model is the frozen base itself with the adapter"
+            " disabled: no second copy in memory"
+        )
+    ref = fit.estimate.terms.get("reference", 0.0) / cal.GiB
+    where = (
+        "sharded like the policy (ZeRO-3)"
+        if fit.strategy.stage == 3
+        else "whole on each GPU (TRL runs it without ZeRO sharding)"
+    )
+    return (
+        f"{pairs}; the reference model is a second frozen copy of the base in"
+        f" {fit.precision}, {where}: {ref:.1f} GiB per GPU"
     )
 
 

@@ -91,12 +91,18 @@ class Request:
             lora_dropout=(lora.dropout if lora else 0.05) > 0,
             extra_tokens=self.policy.extra_tokens(self.spec),
             quantised=self.policy.capability.quantised_base,
+            pairs=self.spec.objective != "sft",
+            reference_copy=self.spec.objective == "dpo" and self.policy.trains_all,
         )
 
     def step_seconds(self, shape: Shape, checkpointing: bool) -> float:
         """Rough step time: 6 x active params x tokens for full training, 4x with a frozen
-        base (no weight gradients), +2x when activations are recomputed."""
+        base (no weight gradients), +2x when activations are recomputed; preference
+        objectives run chosen and rejected (2x tokens), DPO plus a reference forward (2x)."""
         factor = (6 if self.policy.trains_all else 4) + (2 if checkpointing else 0)
+        objective = self.spec.objective
+        if objective != "sft":
+            factor = 2 * factor + (2 * 2 if objective == "dpo" else 0)
         t = self.spec.training
         flops = factor * self.arch.active_parameters * t.global_batch_size * t.max_seq_length
         return flops / (shape.throughput_tflops * 1e12 * cal.MFU)

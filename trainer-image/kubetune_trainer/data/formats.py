@@ -1,11 +1,14 @@
 """Row formats: detecting which one a dataset uses and normalising rows to one shape.
 
-Every format becomes one of three canonical kinds, stored as a JSON string in `example`:
+Every format becomes one of four canonical kinds, stored as a JSON string in `example`:
 
 - `chat`: `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`
   (from OpenAI/ChatML messages, ShareGPT conversations and Alpaca rows);
 - `completion`: `{"prompt": str, "completion": str}` (raw text, no chat template);
-- `text`: `{"text": str}` (continued pre-training, loss on every token).
+- `text`: `{"text": str}` (continued pre-training, loss on every token);
+- `preference`: `{"prompt": [messages], "chosen": [messages], "rejected": [messages]}`
+  (chat; the answers are assistant turns), or the same keys holding plain strings (raw
+  text, no chat template) — TRL's conversational and standard preference layouts.
 
 A row that cannot be normalised gets a human-readable `error` instead; the pipeline
 reports it with its file and line and drops it.
@@ -25,13 +28,14 @@ from kubetune.api.spec import FieldMapping
 
 from .errors import BadInputError
 
-FORMATS = ("messages", "sharegpt", "alpaca", "completion", "text")
+FORMATS = ("messages", "sharegpt", "alpaca", "completion", "text", "preference")
 KIND_OF_FORMAT = {
     "messages": "chat",
     "sharegpt": "chat",
     "alpaca": "chat",
     "completion": "completion",
     "text": "text",
+    "preference": "preference",
 }
 ROLE_ALIASES = {
     "system": "system",
@@ -58,6 +62,8 @@ class Fields:
     prompt: str = "prompt"
     completion: str = "completion"
     system: str = "system"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
 
     @classmethod
     def from_mapping(cls, mapping: FieldMapping | None) -> Fields:
@@ -126,13 +132,15 @@ def detect_format(rows: Iterable[str], fields: Fields) -> str:
         seen = ", ".join(k for k, _ in keys.most_common(10)) or "none"
         raise BadInputError(
             f"cannot detect the dataset format: rows have keys [{seen}]; expected messages, "
-            "conversations, instruction/output, prompt/completion or text — set "
+            "conversations, instruction/output, prompt/completion, chosen/rejected or text — set "
             "spec.dataset.format or spec.dataset.fieldMapping"
         )
     return votes.most_common(1)[0][0]
 
 
 def _match(row: dict[str, Any], f: Fields) -> str | None:
+    if f.chosen in row and f.rejected in row:
+        return "preference"
     if f.messages in row:
         return "messages"
     if f.conversations in row:
@@ -180,6 +188,8 @@ def normalise(raw: str, fmt: str, fields: Fields, system_prompt: str | None) -> 
         }
     elif fmt == "text":
         return {"text": _string(row, fields.text)}
+    elif fmt == "preference":
+        return _preference(row, fields, system_prompt)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     row_system = row.get(fields.system)
@@ -279,6 +289,60 @@ def _check_conversation(messages: list[dict[str, str]]) -> None:
         raise RowError(f"last turn is from the {messages[-1]['role']}, not the assistant")
 
 
+def _preference(row: dict[str, Any], f: Fields, system_prompt: str | None) -> dict[str, Any]:
+    """prompt/chosen/rejected as strings, or as messages (an explicit prompt, or TRL's
+    implicit form where both conversations share the prompt turns)."""
+    for key in (f.chosen, f.rejected):
+        if key not in row or row[key] is None:
+            raise RowError(f"missing field {key!r}")
+    chosen, rejected = row[f.chosen], row[f.rejected]
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        text = _string(row, f.prompt, allow_empty=True)
+        for key in (f.chosen, f.rejected):
+            _string(row, key)
+        return {"prompt": text, "chosen": chosen, "rejected": rejected}
+    if not (isinstance(chosen, list) and isinstance(rejected, list)):
+        raise RowError(
+            f"fields {f.chosen!r} and {f.rejected!r} must both be strings or both message lists"
+            f" (got {_kind(chosen)} and {_kind(rejected)})"
+        )
+    good = _messages(row, f.chosen, "messages", f)
+    bad = _messages(row, f.rejected, "messages", f)
+    prompt: list[dict[str, str]]
+    if f.prompt in row and row[f.prompt] is not None:
+        raw = row[f.prompt]
+        prompt = (
+            [{"role": "user", "content": raw}]
+            if isinstance(raw, str)
+            else _messages(row, f.prompt, "messages", f)
+        )
+    else:  # implicit prompt: the turns both conversations share
+        shared = 0
+        while shared < min(len(good), len(bad)) - 1 and good[shared] == bad[shared]:
+            shared += 1
+        prompt, good, bad = good[:shared], good[shared:], bad[shared:]
+    if not prompt:
+        raise RowError("no prompt: give a prompt field or turns shared by chosen and rejected")
+    for name, answer in ((f.chosen, good), (f.rejected, bad)):
+        if not answer or any(m["role"] != "assistant" for m in answer):
+            raise RowError(f"{name!r} must continue the prompt with assistant turns only")
+        if not all(m["content"].strip() for m in answer):
+            raise RowError(f"{name!r} has an empty assistant turn")
+    if prompt[0]["role"] != "system":
+        row_system = row.get(f.system)
+        system = row_system if isinstance(row_system, str) and row_system else system_prompt
+        if system:
+            prompt = [{"role": "system", "content": system}, *prompt]
+    if prompt[-1]["role"] == "assistant":
+        raise RowError("the prompt must end with a user turn")
+    return {"prompt": prompt, "chosen": good, "rejected": bad}
+
+
+def is_chat_preference(example: dict[str, Any]) -> bool:
+    """A preference example in messages (chat template) rather than plain text."""
+    return isinstance(example["chosen"], list)
+
+
 def _kind(value: Any) -> str:
     """The JSON type name of a value, as users know it."""
     names = {
@@ -299,4 +363,10 @@ def example_text(kind: str, example: dict[str, Any]) -> str:
         return "\n".join(m["content"] for m in example["messages"] if m["role"] != "system")
     if kind == "completion":
         return example["prompt"] + "\n" + example["completion"]
+    if kind == "preference":
+        parts = [example["prompt"], example["chosen"], example["rejected"]]
+        return "\n".join(
+            p if isinstance(p, str) else "\n".join(m["content"] for m in p if m["role"] != "system")
+            for p in parts
+        )
     return str(example["text"])

@@ -192,6 +192,34 @@ def fit_length(
     return [(i, lab) for i, lab in pieces if sum(1 for x in lab[1:] if x != IGNORE_INDEX) > 0]
 
 
+def preference_parts(tokenizer: Any, example: dict[str, Any]) -> tuple[str, str, str, str]:
+    """(prompt messages as JSON, prompt text, chosen continuation, rejected continuation).
+
+    Chat pairs are rendered with the template: the prompt with its generation prompt,
+    each answer as the text the full conversation adds after it (end-of-turn marker
+    included), as TRL tokenises conversational preference data. Plain-text pairs are
+    used as given, each answer ending with EOS (as TRL adds it).
+    """
+    if isinstance(example["chosen"], str):
+        eos = tokenizer.eos_token or ""
+        answers = [
+            a if a.endswith(eos) else a + eos for a in (example["chosen"], example["rejected"])
+        ]
+        return "[]", example["prompt"], answers[0], answers[1]
+    prompt = example["prompt"]
+    head = render(tokenizer, prompt, True)
+    out = []
+    for key in ("chosen", "rejected"):
+        full = render(tokenizer, [*prompt, *example[key]])
+        if not full.startswith(head):
+            raise RowError(
+                "the chat template renders the prompt differently inside the conversation,"
+                " so the answer cannot be separated from it"
+            )
+        out.append(full[len(head) :].rstrip())  # as the SFT spans: no trailing whitespace
+    return json.dumps(prompt, ensure_ascii=False), head, out[0], out[1]
+
+
 def prompt_and_reference(
     tokenizer: Any, kind: str, example: dict[str, Any]
 ) -> tuple[str, str, str]:
@@ -209,4 +237,14 @@ def prompt_and_reference(
         )
     if kind == "completion":
         return "[]", example["prompt"], example["completion"]
+    if kind == "preference":
+        chosen = example["chosen"]
+        reference = chosen if isinstance(chosen, str) else chosen[-1]["content"]
+        if isinstance(chosen, str):
+            return "[]", example["prompt"], reference
+        return (
+            json.dumps(example["prompt"], ensure_ascii=False),
+            render(tokenizer, example["prompt"], True),
+            reference,
+        )
     return "[]", "", ""

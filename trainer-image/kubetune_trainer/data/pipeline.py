@@ -3,7 +3,10 @@
 Stages, in order (each one's counts go to the report):
 load -> normalise (drop malformed, fail above maxBadFraction) -> PII -> exact dedup ->
 near dedup -> split -> contamination (eval rows overlapping train are removed) ->
-maxSamples -> replay mixing -> tokenise and mask -> fit to maxSeqLength -> pack -> save.
+maxSamples -> few-shot draw -> replay mixing -> tokenise and mask -> fit to maxSeqLength
+-> pack -> decision rules (size, empty evaluation splits, tokenizer fertility) -> save.
+Preference pairs (prompt/chosen/rejected) skip masking and packing: TRL's preference
+trainers tokenise them; the pipeline checks their lengths and renders the test prompts.
 Dedup runs before the split so a duplicate can never sit on both sides of it.
 Rows live in memory-mapped Arrow files throughout; only per-row scalars (hashes, lengths)
 are held in memory.
@@ -18,7 +21,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value, concatenate_da
 from kubetune.api.common import DataSource
 from kubetune.api.spec import FineTuneJobSpec
 
-from . import cleaning, pii, report, sources, split
+from . import cleaning, fertility, fewshot, pii, report, sources, split
 from .errors import BadInputError, RowProblem
 from .formats import (
     DETECT_SAMPLE,
@@ -38,9 +41,10 @@ from .formats import (
     check_readable,
     detect_format,
     example_text,
+    is_chat_preference,
     normalise,
 )
-from .masking import IGNORE_INDEX, encode, fit_length, prompt_and_reference
+from .masking import IGNORE_INDEX, encode, fit_length, preference_parts, prompt_and_reference
 from .packing import pack
 from .templates import TemplateInfo, resolve_template, write_template
 
@@ -65,6 +69,29 @@ TOKENISED = Features(
 )
 """Columns of a tokenised split before the bookkeeping columns are dropped."""
 
+PROMPT_COLUMNS = ["prompt_messages", "prompt_text", "reference"]
+"""What evaluation generates from: the prompt (messages JSON and rendered) and the answer."""
+
+PREFERENCE = Features(
+    {
+        "prompt": Value("string"),
+        "chosen": Value("string"),
+        "rejected": Value("string"),
+        "prompt_messages": Value("string"),
+        "prompt_text": Value("string"),
+        "reference": Value("string"),
+        "chosen_text": Value("string"),
+        "rejected_text": Value("string"),
+        "status": Value("string"),
+        "file": Value("string"),
+        "line": Value("int64"),
+        "length": Value("int64"),
+        "trainable": Value("int64"),
+    }
+)
+"""Columns of a preference split: the pair as JSON (TRL's layout: strings, or message
+lists), the rendered prompt and continuations, and the bookkeeping columns."""
+
 
 @dataclass
 class Prepared:
@@ -73,6 +100,8 @@ class Prepared:
     splits: DatasetDict
     report: dict[str, Any]
     template: TemplateInfo
+    shots: list[dict[str, Any]] = field(default_factory=list)
+    """The few-shot baseline's shots (fewshot.json)."""
 
 
 @dataclass
@@ -83,6 +112,9 @@ class _State:
     raw: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     contaminated_rows: list[dict[str, Any]] = field(default_factory=list)
+    stages: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    """Rows of each evaluation split after each stage, to name the one that emptied it."""
+    shots: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _fp(*parts: Any) -> str:
@@ -297,31 +329,44 @@ class Pipeline:
                     cut = 0  # count lost tokens once per example
             return out
 
+        settings = (max_len, keep_prompt, tokenizer.name_or_path, len(tokenizer))
+        ds = self.rows_to(ds, enc, TOKENISED, ("tok", *settings), f"tokenising {role}")
+        self.state.counts["tokensCutOff"] += sum(ds["cut"])
+        ds = self.keep_usable(ds)
+        drop = ["status", "file", "line", "cut"]
+        if not keep_prompt:
+            drop += ["prompt_messages", "prompt_text", "reference"]
+        return ds.remove_columns(drop)
+
+    def rows_to(
+        self,
+        ds: Dataset,
+        enc: Callable[[dict[str, list[Any]]], dict[str, list[Any]]],
+        features: Features,
+        settings: tuple[Any, ...],
+        desc: str,
+    ) -> Dataset:
+        """`ds` mapped by `enc` into `features` (cached by `settings` and the template),
+        or an empty split with those columns."""
         if len(ds) == 0:
-            ds = Dataset.from_dict({k: [] for k in TOKENISED}, features=TOKENISED)
-        else:
-            ds = ds.map(
-                enc,
-                batched=True,
-                remove_columns=ds.column_names,
-                num_proc=self.num_proc,
-                features=TOKENISED,
-                new_fingerprint=_fp(
-                    ds._fingerprint,
-                    "tok",
-                    max_len,
-                    keep_prompt,
-                    self.template.sha256,
-                    tokenizer.name_or_path,
-                    len(tokenizer),
-                ),
-                desc=f"tokenising {role}",
-            )
+            return Dataset.from_dict({k: [] for k in features}, features=features)
+        return ds.map(
+            enc,
+            batched=True,
+            remove_columns=ds.column_names,
+            num_proc=self.num_proc,
+            features=features,
+            new_fingerprint=_fp(ds._fingerprint, *settings, self.template.sha256),
+            desc=desc,
+        )
+
+    def keep_usable(self, ds: Dataset) -> Dataset:
+        """Count the `status` column (truncated, truncated away, errors with file:line),
+        fail above maxBadFraction, and keep the rows that can train or be scored."""
         status = ds["status"]
         counts = Counter(s if not s.startswith("error:") else "error" for s in status)
         self.state.counts["truncated"] += counts["truncated"]
         self.state.counts["truncatedAway"] += counts["truncatedAway"]
-        self.state.counts["tokensCutOff"] += sum(ds["cut"])
         errors = [i for i, s in enumerate(status) if s.startswith("error:")]
         if errors:
             for r in ds.select(errors).select_columns(["file", "line", "status"]):
@@ -330,12 +375,102 @@ class Pipeline:
                 )
             self.check_bad_fraction()
         keep = [i for i, s in enumerate(status) if s in ("ok", "truncated")]
-        if len(keep) != len(ds):
-            ds = ds.select(keep)
-        drop = ["status", "file", "line", "cut"]
-        if not keep_prompt:
-            drop += ["prompt_messages", "prompt_text", "reference"]
-        return ds.remove_columns(drop)
+        return ds.select(keep) if len(keep) != len(ds) else ds
+
+    # ----------------------------------------------------------------- preference pairs
+    def preference_split(self, ds: Dataset, role: str) -> Dataset:
+        """Pairs as TRL's preference trainers read them, with the rendered test columns;
+        a pair whose prompt alone fills maxSeqLength is dropped (nothing left to compare),
+        one whose prompt + answer is longer is counted as truncated (TRL keeps its start).
+        """
+        tokenizer, max_len = self.tokenizer, self.max_len
+
+        def enc(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            out: dict[str, list[Any]] = {k: [] for k in PREFERENCE}
+            for text, file, line in zip(
+                batch["example"], batch["file"], batch["line"], strict=True
+            ):
+                example = json.loads(text)
+                try:
+                    messages, head, good, bad = preference_parts(tokenizer, example)
+                    chat = messages != "[]"
+                    n = [
+                        len(tokenizer(t, add_special_tokens=not chat)["input_ids"])
+                        for t in (head, head + good, head + bad)
+                    ]
+                    status = (
+                        "truncatedAway"
+                        if n[0] >= max_len
+                        else "truncated"
+                        if max(n[1:]) > max_len
+                        else "ok"
+                    )
+                    _, _, reference = prompt_and_reference(tokenizer, "preference", example)
+                except RowError as err:
+                    messages, head, good, bad, reference = "[]", "", "", "", ""
+                    n, status = [0, 0, 0], f"error:{err}"
+                for key in ("prompt", "chosen", "rejected"):
+                    out[key].append(json.dumps(example[key], ensure_ascii=False))
+                values = (messages, head, reference, good, bad, status, file, line)
+                for key, value in zip(
+                    (
+                        "prompt_messages",
+                        "prompt_text",
+                        "reference",
+                        "chosen_text",
+                        "rejected_text",
+                        "status",
+                        "file",
+                        "line",
+                    ),
+                    values,
+                    strict=True,
+                ):
+                    out[key].append(value)
+                out["length"].append(min(n[1], max_len))
+                out["trainable"].append(max(min(n[1], max_len) - n[0], 0))
+            return out
+
+        ds = self.rows_to(ds, enc, PREFERENCE, ("pref", max_len), f"checking {role} pairs")
+        return self.keep_usable(ds).remove_columns(["status", "file", "line"])
+
+    def check_objective(self, kind: str, ds: Dataset) -> None:
+        """Preference rows need a preference objective and one layout throughout."""
+        objective = self.spec.objective
+        if (kind == "preference") != (objective in ("dpo", "orpo")):
+            raise BadInputError(
+                f"spec.objective is {objective} but the training data is {kind} rows:"
+                + (
+                    " preference objectives need prompt/chosen/rejected rows"
+                    if kind != "preference"
+                    else " preference rows (chosen/rejected) need objective dpo or orpo"
+                )
+            )
+        if kind != "preference" or len(ds) == 0:
+            return
+        chat = [is_chat_preference(json.loads(e)) for e in ds["example"]]
+        if len(set(chat)) > 1:
+            odd = chat.index(not chat[0])
+            row = ds[odd]
+            raise BadInputError(
+                "preference rows mix plain-text and message-list answers; use one layout"
+                f" (first differing row: {row['file']}:{row['line']})"
+            )
+
+    # ----------------------------------------------------------------- few-shot shots
+    def pick_shots(self, train: Dataset) -> None:
+        """Draw the few-shot baseline's shots from the cleaned training split."""
+        few = self.spec.evaluation.few_shot
+        if few is None or len(train) == 0:
+            return
+        picked = fewshot.pick_shots(train["kind"], train["example"], few.shots, few.seed)
+        rows = train.select(picked).select_columns(["kind", "example", "file", "line"])
+        self.state.shots = [
+            fewshot.shot_record(r["kind"], r["example"], r["file"], r["line"]) for r in rows
+        ]
+
+    def track(self, role: str, stage: str, rows: int) -> None:
+        self.state.stages.setdefault(role, []).append((stage, rows))
 
     # ----------------------------------------------------------------- the run
     def run(self) -> Prepared:
@@ -344,11 +479,14 @@ class Pipeline:
         ds, fmt = self.load(data.train, "train")
         if len(ds) == 0:
             raise BadInputError("the training data holds no usable rows")
+        kind = KIND_OF_FORMAT[fmt]
+        self.check_objective(kind, ds)
         given: dict[str, Dataset] = {}
         for role in ("validation", "test"):
             src = getattr(data, role)
             if src is not None:
                 given[role], _ = self.load(src, role)
+                self.track(role, "load", len(given[role]))
 
         ds = self.scan_pii(ds)
         given = {k: self.scan_pii(v) for k, v in given.items()}
@@ -363,51 +501,128 @@ class Pipeline:
             "validation": given.get("validation", ds.select(val_idx)),
             "test": given.get("test", ds.select(test_idx)),
         }
+        for role in ("validation", "test"):
+            if role not in given:
+                self.track(role, "split", len(parts[role]))
         train = ds.select(train_idx)
 
         index = cleaning.NgramIndex(train["clean_text"])
         parts = {k: self.decontaminate(index, v, k) for k, v in parts.items()}
+        for role, part in parts.items():
+            self.track(role, "contamination", len(part))
         forgetting = self.forgetting_set(index)
 
         if data.max_samples is not None and len(train) > data.max_samples:
             train = train.select(split.sample(len(train), data.max_samples, data.split.seed))
+        self.pick_shots(train)
+        domain = train  # before replay: the fertility check is about the user's text
         train = self.mix_replay(train)
 
-        train_tok = self.tokenise(train, "train")
-        val_tok = self.tokenise(parts["validation"], "validation")
-        test_tok = self.tokenise(parts["test"], "test", keep_prompt=True)
+        if kind == "preference":
+            train_tok = self.preference_split(train, "train")
+            val_tok = self.preference_split(parts["validation"], "validation")
+            test_tok = self.preference_split(parts["test"], "test")
+        else:
+            train_tok = self.tokenise(train, "train")
+            val_tok = self.tokenise(parts["validation"], "validation", keep_prompt=True)
+            test_tok = self.tokenise(parts["test"], "test", keep_prompt=True)
+        self.track("validation", "tokenisation", len(val_tok))
+        self.track("test", "tokenisation", len(test_tok))
         tokens = {
             name: report.length_stats(d["length"], _trainable(d))
             for name, d in (("train", train_tok), ("validation", val_tok), ("test", test_tok))
         }
-        sha = report.content_hash(train_tok)
 
         packing: dict[str, Any] = {"enabled": False}
-        if self.spec.training.packing:
-            train_out, stats = pack(train_tok, self.max_len)
-            val_out, _ = pack(val_tok, self.max_len)
-            packing = stats.to_report()
+        if kind == "preference":
+            sha = report.content_hash_strings(train_tok, ("prompt", "chosen", "rejected"))
+            packing["reason"] = "preference pairs are not packed"
+            splits = DatasetDict(
+                {
+                    "train": train_tok.remove_columns(PROMPT_COLUMNS),
+                    "validation": val_tok,
+                    "test": test_tok,
+                }
+            )
         else:
-            train_out, val_out = (_with_attention_mask(d) for d in (train_tok, val_tok))
-        splits = DatasetDict(
-            {"train": train_out, "validation": val_out, "test": _with_attention_mask(test_tok)}
-        )
+            sha = report.content_hash(train_tok)
+            val_prompts = val_tok.select_columns(PROMPT_COLUMNS)
+            val_tok = val_tok.remove_columns(PROMPT_COLUMNS)
+            if self.spec.training.packing:
+                train_out, stats = pack(train_tok, self.max_len)
+                val_out, _ = pack(val_tok, self.max_len)
+                packing = stats.to_report()
+            else:
+                train_out, val_out = (_with_attention_mask(d) for d in (train_tok, val_tok))
+            splits = DatasetDict(
+                {
+                    "train": train_out,
+                    "validation": val_out,
+                    "test": _with_attention_mask(test_tok),
+                    "validation_prompts": val_prompts,
+                }
+            )
         if forgetting is not None:
             splits["forgetting"] = _with_attention_mask(forgetting)
         splits = DatasetDict(
             {
-                k: v.remove_columns([c for c in ("length",) if c in v.column_names])
+                k: v.remove_columns([c for c in ("length", "trainable") if c in v.column_names])
                 for k, v in splits.items()
             }
         )
 
         rep = self.build_report(fmt, tokens, packing, sha, train_tok, val_tok, test_tok, forgetting)
+        rep["fertility"] = fertility.fertility(self.tokenizer, _texts(domain))
+        rep["advice"] = [
+            *rep["advice"],
+            *fertility.advice(rep["fertility"]),
+            *report.split_advice(self.state.stages, self.relied_on(), dict(self.state.counts)),
+        ]
+        self.refuse_without_validation(rep["advice"])
+        if self.state.shots:
+            rep["fewShot"] = {
+                "shots": len(self.state.shots),
+                "seed": self.spec.evaluation.few_shot.seed if self.spec.evaluation.few_shot else 0,
+                "rows": [f"{s['file']}:{s['line']}" for s in self.state.shots],
+            }
         rep["seconds"] = round(time.monotonic() - started, 2)
-        return Prepared(splits, rep, self.template)
+        return Prepared(splits, rep, self.template, self.state.shots)
+
+    def relied_on(self) -> dict[str, str]:
+        """The evaluation splits this job uses, and what for."""
+        spec = self.spec
+        ev, es = spec.evaluation, spec.training.early_stopping
+        out: dict[str, str] = {}
+        uses = []
+        if ev.strategy != "no":
+            uses.append("per-epoch validation")
+        if es is not None:
+            uses.append("early stopping" if es.enabled else "best-checkpoint selection")
+        elif spec.training.load_best_at_end and ev.strategy != "no":
+            uses.append("best-checkpoint selection")
+        if {"loss", "perplexity"} & set(ev.metrics):
+            uses.append("validation loss")
+        if uses:
+            out["validation"] = ", ".join(uses)
+        task = [m for m in ev.metrics if m not in ("loss", "perplexity")]
+        if task:
+            out["test"] = f"task metrics ({', '.join(task)}) and no gate task-metric check"
+        return out
+
+    def refuse_without_validation(self, advice: list[dict[str, Any]]) -> None:
+        """Early stopping cannot run without validation rows: fail before training."""
+        es = self.spec.training.early_stopping
+        if es is None or not es.enabled:
+            return
+        for item in advice:
+            if item["code"] == "evaluationSplitEmpty" and item.get("split") == "validation":
+                raise BadInputError(
+                    f"spec.training.earlyStopping needs a validation split, but {item['message']}"
+                )
 
     def forgetting_set(self, index: cleaning.NgramIndex) -> Dataset | None:
         forgetting = self.spec.evaluation.forgetting
-        if forgetting is None:
+        if forgetting is None or forgetting.source is None:
             return None
         ds, _ = self.load(forgetting.source, "forgetting", count=False)
         ds = ds.map(
@@ -520,24 +735,37 @@ class Pipeline:
                 "validation": "source" if data.validation else data.split.validation,
                 "test": "source" if data.test else data.split.test,
             },
-            "advice": report.size_advice(len(train), self.spec.method),
+            "advice": report.size_advice(len(train), self.spec.method, self.spec.objective),
             "sha256": sha,
         }
 
 
 def _strings(example: dict[str, Any]) -> list[tuple[str, Callable[[str], None]]]:
     """Every user-visible string of a canonical example, with a setter to replace it."""
-    holders = example.get("messages", [example])
-    keys = ["content"] if "messages" in example else ["prompt", "completion", "text"]
+    if "messages" in example:
+        holders, keys = example["messages"], ["content"]
+    elif isinstance(example.get("chosen"), list):  # chat preference pairs
+        holders = [m for key in ("prompt", "chosen", "rejected") for m in example[key]]
+        keys = ["content"]
+    else:
+        holders, keys = [example], ["prompt", "completion", "text", "chosen", "rejected"]
     return [
         (holder[key], functools.partial(holder.__setitem__, key))
         for holder in holders
         for key in keys
-        if key in holder
+        if key in holder and isinstance(holder[key], str)
     ]
 
 
+def _texts(ds: Dataset) -> Iterator[str]:
+    """The training split's words (system prompts left out), for the fertility check."""
+    for kind, text in zip(ds["kind"], ds["example"], strict=True):
+        yield example_text(kind, json.loads(text))
+
+
 def _trainable(ds: Dataset) -> list[int]:
+    if "trainable" in ds.column_names:
+        return [int(x) for x in ds["trainable"]]
     return [sum(1 for x in labels if x != IGNORE_INDEX) for labels in ds["labels"]]
 
 
@@ -585,6 +813,7 @@ def prepare(
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     write_template(out, prepared.template)
+    (out / fewshot.FEWSHOT_FILE).write_text(json.dumps(prepared.shots, ensure_ascii=False))
     report.write_report(out, prepared.report)
     for line in report.summary(prepared.report).splitlines():
         log.info(line)

@@ -42,15 +42,97 @@ ADVICE = [
 """(threshold, code, message): the field's rules of thumb on dataset size."""
 
 
-def size_advice(n_train: int, method: str) -> list[dict[str, str]]:
+MIN_EVAL_ROWS = 10
+"""Fewer evaluation rows than this make a score too coarse to compare (one row moves a
+task metric by more than 10 points)."""
+STAGE_WORDS = {
+    "load": "no usable rows in the given source",
+    "split": "too few rows were left after cleaning to hold out any",
+    "contamination": "the contamination check removed every row (they overlap training)",
+    "tokenisation": "every row was dropped at tokenisation (nothing left within maxSeqLength)",
+}
+
+
+def size_advice(n_train: int, method: str, objective: str = "sft") -> list[dict[str, Any]]:
     """Rules-of-thumb advice for a training set of `n_train` examples and `method`."""
     for limit, code, message in ADVICE:
         if n_train < limit:
             if code == "small-for-full" and method not in ("full", "auto"):
                 return []
             level = "warning" if code != "small-for-full" or method == "full" else "info"
-            return [{"level": level, "code": code, "message": message}]
+            unit = "training examples" if objective == "sft" else "preference pairs"
+            return [
+                {
+                    "level": level,
+                    "code": code,
+                    "message": f"{message.replace('training examples', unit)} (this job:"
+                    f" {n_train} {unit}, method {method})",
+                    "value": n_train,
+                    "threshold": limit,
+                }
+            ]
     return []
+
+
+def split_advice(
+    stages: dict[str, list[tuple[str, int]]],
+    relied_on: dict[str, str],
+    counts: dict[str, int],
+) -> list[dict[str, Any]]:
+    """Evaluation splits the job relies on that ended empty or too small to score, naming
+    the stage that emptied them (`stages`: rows after each stage, in order)."""
+    out: list[dict[str, Any]] = []
+    for role, use in relied_on.items():
+        trail = stages.get(role) or []
+        if not trail:
+            continue
+        final = trail[-1][1]
+        if final == 0:
+            before = 0
+            culprit = trail[0][0]
+            for stage, rows in trail:
+                if rows == 0:
+                    culprit = stage
+                    break
+                before = rows
+            cause = STAGE_WORDS[culprit]
+            if culprit == "split":
+                dropped = counts.get("exactDuplicates", 0) + counts.get("nearDuplicates", 0)
+                if dropped:
+                    cause += f" (deduplication removed {dropped} rows first)"
+            elif before:
+                cause += f" ({before} -> 0)"
+            out.append(
+                {
+                    "level": "warning",
+                    "code": "evaluationSplitEmpty",
+                    "split": role,
+                    "stage": culprit,
+                    "message": (
+                        f"the {role} split is empty after the {culprit} stage: {cause};"
+                        f" without it this job runs with no {use}. Give spec.dataset.{role} as"
+                        " a separate source, or add distinct rows, or relax spec.dataset.dedup"
+                    ),
+                    "value": 0,
+                    "threshold": MIN_EVAL_ROWS,
+                }
+            )
+        elif final < MIN_EVAL_ROWS:
+            out.append(
+                {
+                    "level": "warning",
+                    "code": "evaluationSplitSmall",
+                    "split": role,
+                    "message": (
+                        f"the {role} split has only {final} rows: one row moves a score by"
+                        f" {100 / final:.0f} points, too coarse for {use}; give more rows"
+                        f" (spec.dataset.{role} or spec.dataset.split.{role})"
+                    ),
+                    "value": final,
+                    "threshold": MIN_EVAL_ROWS,
+                }
+            )
+    return out
 
 
 def length_stats(lengths: list[int], trainable: list[int]) -> dict[str, Any]:
@@ -82,6 +164,17 @@ def content_hash(ds: Dataset, columns: tuple[str, ...] = ("input_ids", "labels")
             digest.update(name.encode())
             digest.update(lengths.astype("<i8").tobytes())
             digest.update(values.astype("<i8").tobytes())
+    return digest.hexdigest()
+
+
+def content_hash_strings(ds: Dataset, columns: tuple[str, ...]) -> str:
+    """sha256 over string columns, row by row (preference pairs)."""
+    digest = hashlib.sha256()
+    for row in ds.select_columns(list(columns)):
+        for name in columns:
+            digest.update(name.encode())
+            digest.update(len(row[name]).to_bytes(8, "little"))
+            digest.update(row[name].encode())
     return digest.hexdigest()
 
 
