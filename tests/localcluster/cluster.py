@@ -1,5 +1,6 @@
 """Start and stop one local control plane: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and the fake-kubelet agent, on loopback, in one temporary directory.
+kube-scheduler and the fake-kubelet agent, on loopback, in one temporary directory; with
+`real_node=True`, also a real node (kubelet + containerd, :mod:`tests.localcluster.realnode`).
 
 Every process it starts (and every pod process the agent starts) carries
 KUBETUNE_LOCALCLUSTER=<dir> in its environment, so `stop()` can sweep anything left and tests
@@ -33,6 +34,7 @@ from tests.localcluster.build import K8S_VERSION, REPO_ROOT, ensure_k8s_binaries
 from tests.localcluster.certs import Pki, make_pki
 from tests.localcluster.kube import api_client, raw
 from tests.localcluster.podrunner import read_logs
+from tests.localcluster.realnode import HOST_IP, RealNode
 
 MARKER = "KUBETUNE_LOCALCLUSTER"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -104,20 +106,48 @@ class LocalCluster:
     `python -m tests.localcluster up`); otherwise they die with it even on a crash.
     `audit=True` starts kube-apiserver with a Metadata-level audit log at :attr:`audit_log`
     (JSON lines, one `audit.k8s.io/v1` Event per request).
+
+    `real_node=True` adds the machine's one real node (:class:`RealNode`: kubelet, containerd,
+    CNI, kube-proxy, CoreDNS, fake GPUs) and, by default, no fake nodes: pass `pools`/`cpu_nodes`
+    to have both. The API server then binds the host end of the node's veth
+    (:data:`HOST_IP`) instead of loopback, so pods reach it. `real_node_pools` is the pools file
+    whose first pool the node stands in for; `images` builds and loads the operator and trainer
+    images; `node_lock_timeout` is how long to wait for another real node on the machine.
     """
 
     def __init__(
         self,
         dir: str | Path | None = None,
         pools: str | Path | None = None,
-        cpu_nodes: int = 1,
+        cpu_nodes: int | None = None,
         images: str | Path | None = None,
         detached: bool = False,
         audit: bool = False,
+        real_node: bool = False,
+        real_node_pools: str | Path | None = None,
+        real_node_images: bool = True,
+        node_lock_timeout: float = 3600.0,
+        name: str = "",
     ) -> None:
         self.dir = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="kubetune-localcluster-"))
         self.pools = pools
-        self.cpu_nodes = cpu_nodes
+        self.cpu_nodes = (0 if real_node else 1) if cpu_nodes is None else cpu_nodes
+        self.node: RealNode | None = None
+        self.say: Callable[[str], None] = lambda msg: None
+        self.host = "127.0.0.1"
+        self.node_lock_timeout = node_lock_timeout
+        if real_node:
+            self.node = RealNode(
+                self.dir,
+                {MARKER: str(self.dir)},
+                pools=real_node_pools,
+                images=real_node_images,
+                detached=detached,
+                name=name,
+            )
+            self.host = HOST_IP
+            if pools is None:
+                self.pools = Path(__file__).with_name("no-pools.yaml")
         self.images = images
         self.detached = detached
         self.audit = audit
@@ -141,7 +171,7 @@ class LocalCluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.host}:{self.apiserver_port}"
 
     def api_client(self) -> client.ApiClient:
         """A fresh admin ApiClient (system:masters)."""
@@ -174,7 +204,10 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ start
 
-    def start(self) -> LocalCluster:
+    def start(self, say: Callable[[str], None] | None = None) -> LocalCluster:
+        """Start everything; `say` hears about long steps (waiting for the machine's real
+        node, building images)."""
+        self.say = say or (lambda msg: print(f"localcluster: {msg}", file=sys.stderr, flush=True))
         self.bin_dir = ensure_k8s_binaries()
         t0 = time.monotonic()
         try:
@@ -189,7 +222,10 @@ class LocalCluster:
         d = self.dir
         d.mkdir(parents=True, exist_ok=True)
         (d / "logs").mkdir(exist_ok=True)
-        pki = make_pki(d / "pki")
+        if self.node is not None:  # the API server binds the node link's host end
+            self.node.network_up(self.node_lock_timeout, self.say)
+            self._save_state()
+        pki = make_pki(d / "pki", extra_ips=(self.host,) if self.node else ())
         etcd_port, peer_port, api_port, kcm_port, sched_port, kubelet_port = _free_ports(6)
         self.apiserver_port = api_port
         self._write_kubeconfigs(pki)
@@ -231,8 +267,8 @@ class LocalCluster:
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={api_port}",
                 f"--cert-dir={d / 'apiserver-certs'}",
                 f"--tls-cert-file={cert}",
@@ -312,9 +348,14 @@ class LocalCluster:
             agent.append(f"--images={self.images}")
         self._spawn("agent", agent, cwd=REPO_ROOT)
         self._save_state()
+        if self.node is not None:
+            self.node.start(pki, self.server, self.say)
+            self._save_state()
         api = self.api_client()
         try:
             core = client.CoreV1Api(api)
+            if self.node is not None:
+                self.node.wait_ready(api)
             self._wait("nodes Ready", lambda: self._nodes_ready(core), START_TIMEOUT)
             self._wait(
                 "controller-manager (default ServiceAccount)",
@@ -436,11 +477,14 @@ class LocalCluster:
     # ------------------------------------------------------------------ state (CLI)
 
     def _save_state(self) -> None:
-        state = {
+        state: dict[str, Any] = {
             "pids": self.pids,
             "apiserver_port": self.apiserver_port,
             "bin_dir": str(self.bin_dir),
+            "host": self.host,
         }
+        if self.node is not None:
+            state["node"] = self.node.state()
         (self.dir / "state.json").write_text(json.dumps(state))
 
     @classmethod
@@ -451,12 +495,18 @@ class LocalCluster:
         c.pids = {k: int(v) for k, v in state["pids"].items()}
         c.apiserver_port = state["apiserver_port"]
         c.bin_dir = Path(state["bin_dir"])
+        c.host = state.get("host", "127.0.0.1")
+        if "node" in state:
+            c.node = RealNode.attach(c.dir, {MARKER: str(c.dir)}, state["node"])
         return c
 
     # ------------------------------------------------------------------ stop
 
     def stop(self, remove: bool = True) -> None:
-        """Stop everything (the agent first, so it can kill pods) and sweep leftovers."""
+        """Stop everything (the real node and the agent first, so they can kill pods) and
+        sweep leftovers."""
+        if self.node is not None:
+            self.node.stop()
         order = ["agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
         for name in order:
             pid = self.pids.get(name)
