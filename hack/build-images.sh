@@ -9,7 +9,7 @@
 #   kubetune.local/uv:<version>               the uv binary the Makefile already uses, in place
 #                                             of ghcr.io/astral-sh/uv:<version>
 #
-# The builder is Debian's docker.io (the classic builder) on a private socket under /run,
+# The builder is Debian's docker.io (the classic builder) on a private socket in the cache,
 # with its data (images and layer cache) in $KUBETUNE_CACHE/docker, started for the build
 # and stopped afterwards; it changes no iptables rule or bridge (`--network host` builds).
 # Docker's layer cache makes a rerun rebuild only what changed: the dependency layers are
@@ -17,8 +17,9 @@
 #
 # With KUBETUNE_IMPORT_ADDRESS=<containerd socket> (the local cluster's real node sets it),
 # each image whose ID changed since the last import is also handed to that containerd:
-# `docker save | ctr -n k8s.io images import -`; KUBETUNE_IMPORT_STATE is where the IDs of
-# the imported images are remembered.
+# `docker save | ctr -n k8s.io images import -`, sending only the layers containerd lacks
+# (hack/import-image.py); KUBETUNE_IMPORT_STATE is where the IDs of the imported images are
+# remembered.
 #
 # Usage: hack/build-images.sh   Prints the two image references on stdout, nothing else.
 set -euo pipefail
@@ -35,8 +36,8 @@ SUITE=bookworm
 MIRROR="${KUBETUNE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 BASE_PACKAGES=python3,ca-certificates
 DOCKER=/usr/bin/docker  # Debian's CLI (20.10, classic builder), not a newer one on PATH
-RUN_DIR=/run/kubetune-docker
-SOCK="$RUN_DIR/docker.sock"
+SOCK_DIR="$CACHE/docker-run"  # the socket: the daemon's /run is private
+SOCK="$SOCK_DIR/docker.sock"
 CGROUP_PARENT=kubetune-docker
 
 log() { echo "build-images: $*" >&2; }
@@ -68,20 +69,24 @@ docker() { DOCKER_BUILDKIT=0 DOCKER_CONFIG="$CACHE/docker-cli" "$DOCKER" -H "uni
 
 DOCKERD_PID=""
 start_dockerd() {
-  mkdir -p "$RUN_DIR" "$CACHE/docker"
-  echo '{}' > "$RUN_DIR/daemon.json"
-  # A private mount namespace: the build containers' mounts never show on the host and go
-  # with the daemon, and what dockerd and its containerd would create in /etc/docker and
-  # /opt/containerd lands in the run directory instead.
-  mkdir -p "$RUN_DIR/etc-docker" "$RUN_DIR/opt"
-  unshare --mount --propagation slave -- sh -c \
-    'mount --bind "$1/etc-docker" /etc/docker && mount --bind "$1/opt" /opt && shift && exec "$@"' \
-    sh "$RUN_DIR" dockerd --host "unix://$SOCK" --config-file "$RUN_DIR/daemon.json" \
-    --data-root "$CACHE/docker" --exec-root "$RUN_DIR/exec" --pidfile "$RUN_DIR/dockerd.pid" \
+  mkdir -p "$SOCK_DIR" "$CACHE/docker"
+  # A private mount namespace with its own /run: the build containers' mounts, the shims'
+  # sockets and runc's state never show on the host and go with the daemon; what dockerd
+  # and its containerd would create in /etc/docker and /opt/containerd lands there too.
+  unshare --mount --propagation slave -- sh -c '
+    mount -t tmpfs -o mode=0755 kubetune-docker-run /run &&
+    mkdir -p /run/kubetune-docker/etc-docker /run/kubetune-docker/opt &&
+    mount --bind /run/kubetune-docker/etc-docker /etc/docker &&
+    mount --bind /run/kubetune-docker/opt /opt &&
+    echo "{}" > /run/kubetune-docker/daemon.json &&
+    exec "$@"' sh \
+    dockerd --host "unix://$SOCK" --config-file /run/kubetune-docker/daemon.json \
+    --data-root "$CACHE/docker" --exec-root /run/kubetune-docker/exec \
+    --pidfile /run/kubetune-docker/dockerd.pid \
     --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
     --userland-proxy=false --storage-driver=overlay2 --log-level=warn \
     --exec-opt native.cgroupdriver=cgroupfs --cgroup-parent="$CGROUP_PARENT" \
-    >"$RUN_DIR/dockerd.log" 2>&1 &
+    >"$SOCK_DIR/dockerd.log" 2>&1 &
   DOCKERD_PID=$!
   local i
   for i in $(seq 1 120); do
@@ -89,7 +94,7 @@ start_dockerd() {
     kill -0 "$DOCKERD_PID" 2>/dev/null || break
     sleep 0.5
   done
-  log "dockerd did not start:"; tail -20 "$RUN_DIR/dockerd.log" >&2
+  log "dockerd did not start:"; tail -20 "$SOCK_DIR/dockerd.log" >&2
   return 1
 }
 
@@ -101,12 +106,12 @@ stop_dockerd() {
     kill -KILL "$DOCKERD_PID" 2>/dev/null || true
     wait "$DOCKERD_PID" 2>/dev/null || true
   fi
-  # Leave the machine as found: the cgroups the builds ran in and the private run directory.
+  # Leave the machine as found: the cgroups the builds ran in.
   local d
   for d in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
     [[ -d "$d" ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
-  rm -rf "$RUN_DIR"
+  rm -f "$SOCK"
 }
 
 # The stand-in for python:3.11-slim-bookworm. Keyed by what goes into it, including this
@@ -172,10 +177,16 @@ import_image() {
      && ctr -a "$KUBETUNE_IMPORT_ADDRESS" -n k8s.io images ls -q "name==$ref" | grep -q .; then
     return 0
   fi
-  local s=$SECONDS
-  log "handing $ref to the node's containerd (docker save | ctr import; about 1 min per GB)"
-  docker save "$ref" | ctr -a "$KUBETUNE_IMPORT_ADDRESS" -n k8s.io images import - >/dev/null
-  mkdir -p "$KUBETUNE_IMPORT_STATE" && echo "$id" > "$marker"
+  local s=$SECONDS have
+  mkdir -p "$KUBETUNE_IMPORT_STATE"
+  have="$KUBETUNE_IMPORT_STATE/content.txt"
+  ctr -a "$KUBETUNE_IMPORT_ADDRESS" -n k8s.io content ls > "$have"
+  log "handing $ref to the node's containerd (only its new layers; all of them, about 1 min per GB, the first time)"
+  if ! docker save "$ref" | python3 "$ROOT/hack/import-image.py" --ref "$ref" --have "$have" \
+       | ctr -a "$KUBETUNE_IMPORT_ADDRESS" -n k8s.io images import - >/dev/null; then
+    docker save "$ref" | ctr -a "$KUBETUNE_IMPORT_ADDRESS" -n k8s.io images import - >/dev/null
+  fi
+  echo "$id" > "$marker"
   log "imported $ref in $((SECONDS - s))s"
 }
 

@@ -1,5 +1,7 @@
-"""`python -m tests.localcluster up|down|env|status [--name NAME]`: a long-lived local cluster
-(for `make demo` and manual poking). `up` prints the KUBECONFIG path on stdout."""
+"""`python -m tests.localcluster up|down|env|status [--name NAME] [--real-node]`: a long-lived
+local cluster (for `make demo` and manual poking). `up` prints the KUBECONFIG path on stdout.
+`--real-node` gives it the machine's one real node (kubelet, containerd, ...; see
+realnode.py) instead of fake nodes, with the operator and trainer images loaded."""
 
 from __future__ import annotations
 
@@ -32,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", choices=["up", "down", "env", "status"])
     ap.add_argument("--name", default="demo", help="clusters of different names coexist")
     ap.add_argument("--pools", default=None, help="node pools YAML (default: pools.yaml)")
-    ap.add_argument("--cpu-nodes", type=int, default=1)
+    ap.add_argument("--cpu-nodes", type=int, default=None, help="default: 1, 0 with --real-node")
+    ap.add_argument("--real-node", action="store_true", help="a real kubelet + containerd node")
+    ap.add_argument(
+        "--no-images", action="store_true", help="with --real-node: skip building the images"
+    )
     ap.add_argument("--images", default=None, help="image mapping YAML for the pod runner")
     args = ap.parse_args(argv)
     d = cluster_dir(args.name)
@@ -48,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_nodes=args.cpu_nodes,
                 images=args.images,
                 detached=True,
+                real_node=args.real_node,
+                real_node_images=not args.no_images,
+                name=args.name,
             )
             c.start()
             print(f"local cluster up in {c.startup_seconds:.1f}s: {c.server}", file=sys.stderr)

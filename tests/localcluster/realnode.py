@@ -184,6 +184,57 @@ def restore_sysctls(saved: dict[str, str]) -> None:
                 path.write_text(value)
 
 
+# --------------------------------------------------------------------------- the machine
+# Host paths a node must not leave behind: the defaults of the kubelet, containerd, CNI and
+# kube-proxy, which the node's configuration and private mounts redirect.
+HOST_PATHS = (
+    "/run/netns",
+    "/run/containerd",
+    "/var/run/netns",
+    "/var/lib/kubelet",
+    "/var/lib/containerd",
+    "/var/lib/cni",
+    "/var/log/pods",
+    "/var/log/containers",
+    "/etc/cni",
+    "/opt/cni",
+    "/opt/containerd",
+    "/run/xtables.lock",
+)
+
+
+def machine_snapshot() -> dict[str, str]:
+    """What a real node could change on the host and must put back: global sysctls, the host
+    network namespace's links, routes, sysctls and iptables, mounts, cgroups, processes in
+    the node's cgroup, and the daemons' default paths."""
+    snap = {f"sysctl {k}": v for k, v in read_sysctls().items()}
+    host_net = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")
+    snap.update({f"sysctl {k}": v for k, v in read_sysctls(host_net).items()})
+    snap["links"] = " ".join(
+        sorted(line.split(":")[1].strip().split("@")[0] for line in _ip("-o", "link").splitlines())
+    )
+    snap["routes"] = _ip("route").strip()
+    with contextlib.suppress(FileNotFoundError):
+        rules = _run("iptables-save", check=False)
+        snap["iptables"] = "\n".join(r for r in rules.splitlines() if not r.startswith("#"))
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    snap["mounts"] = "\n".join(
+        sorted(m.split(" - ")[0].split(" ", 4)[4] for m in mounts if _ours(m))
+    )
+    snap["cgroups"] = " ".join(str(h / CGROUP) for h in _hierarchies() if (h / CGROUP).exists())
+    snap["node processes"] = " ".join(map(str, cgroup_pids(CGROUP)))
+    snap["paths"] = " ".join(p for p in HOST_PATHS if os.path.lexists(p))
+    return snap
+
+
+def _ip(*args: str) -> str:
+    return _run("ip", *args, check=False)
+
+
+def _ours(mountinfo_line: str) -> bool:
+    return any(k in mountinfo_line for k in ("kubetune", "containerd", "kubelet", "netns", "cni"))
+
+
 # --------------------------------------------------------------------------- the lock
 class NodeLock:
     """The machine-wide lock for the one real node, and a note of who holds it.

@@ -353,6 +353,15 @@ class Reconciler:
         if seen.state == "stuck" and _fatal(seen):
             self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             self._fail(ctx, _fatal_reason(seen), seen.message)
+        if seen.state == "stuck" and seen.reason in ("ErrImagePull", "ImagePullBackOff"):
+            # The probe runs the trainer image: one that cannot be pulled fails the job as
+            # a launch would (imagePullTimeoutSeconds), not later as an unreadable config.
+            created = _parse_ts(pod["metadata"].get("creationTimestamp")) or ctx.now
+            waited = (ctx.now - created).total_seconds()
+            if waited >= self.settings.image_pull_timeout_seconds:
+                self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
+                self._fail(ctx, seen.reason, f"{seen.message} (for {int(waited)} s)")
+            ctx.again(10.0)
         return None
 
     def _probe_backoff(self, ctx: Ctx, pod: str, term: dict[str, Any], detail: str) -> None:
