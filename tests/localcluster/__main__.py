@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"export KUBECONFIG={running.kubeconfig}")
         print(f"export PATH={running.bin_dir}:$PATH")
-        print(f"export KUBETUNE_LOCALCLUSTER_DIR={running.dir}")
+        # The test fixtures attach to it: real-node tests to a real-node cluster, the others
+        # to one with fake nodes.
+        which = "REALNODE" if running.node is not None else "LOCALCLUSTER"
+        print(f"export KUBETUNE_{which}_DIR={running.dir}")
     else:
         state: dict[str, Any] = {"name": args.name, "dir": str(d), "running": running is not None}
         if running:
