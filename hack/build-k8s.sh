@@ -25,7 +25,7 @@ HELM_DIR="$CACHE/helm-$HELM_VERSION"
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 NODE_CMDS=(kubelet kube-proxy)
 # containerd 1.6 is the last line kubelet 1.35 accepts (CRI v1, cgroup v1): Debian bookworm's.
-NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack gcc libc6-dev)
+NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 procps gcc libc6-dev)
 ADDONS_SRC="$(cd "$(dirname "$0")" && pwd)/nodeaddons"
 
 # The Go toolchain may be installed but not on a non-login PATH.

@@ -755,7 +755,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
         """Stop the kubelet, kill every container, stop the daemons, then undo the rest: the
-        cgroups, the sysctls, the namespaces (they go with their last process) and the lock."""
+        cgroups, the sysctls, the namespaces (they go with their last process) and the lock.
+        A node that never got the machine's lock (another one runs) has nothing to stop."""
+        if self.lock.fd is None and self.lock.holder().get("dir") != str(self.cluster_dir):
+            return
         self._terminate("kubelet", 10)
         _kill_cgroup(f"{CGROUP}/kubepods")
         if self.pids.get("containerd") and _alive(self.pids["containerd"]):
