@@ -5,7 +5,6 @@ real node: test_realnode.py.)"""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -15,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from kubetune import contract as c
-from tests.fixtures.demo_volume import write_demo_volume
+from tests.fixtures.demo_volume import demo_job, write_demo_volume
 from tests.integration.harness import (
     OperatorProcess,
     apply_job,
@@ -33,8 +31,6 @@ from tests.localcluster.cluster import LocalCluster
 from tests.localcluster.kube import raw
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "examples/demo-lora.yaml"
 TRAINING_TIMEOUT = 420
 
 
@@ -46,18 +42,6 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def demo_claim(k8s: client.ApiClient, namespace: str, demo_files: Path) -> Path:
     return hostpath_claim(k8s, namespace, "kubetune-demo", demo_files)
-
-
-def demo_job(name: str, **spec: Any) -> dict[str, Any]:
-    body = yaml.safe_load(DEMO.read_text())
-    body["metadata"]["name"] = name
-    body["spec"]["output"]["pvc"]["path"] = f"runs/{name}"
-    for key, value in spec.items():
-        if isinstance(value, dict) and isinstance(body["spec"].get(key), dict):
-            body["spec"][key] = {**body["spec"][key], **value}
-        else:
-            body["spec"][key] = value
-    return copy.deepcopy(body)
 
 
 def pods(api: client.ApiClient, namespace: str, job: str) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ chart. See docs/testing.md, "The real node".
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import secrets
@@ -27,7 +26,7 @@ from kubernetes import client
 
 from kubetune import contract as c
 from kubetune.api import GROUP, PLURAL, VERSION
-from tests.fixtures.demo_volume import write_demo_volume
+from tests.fixtures.demo_volume import DEMO_JOB, demo_job, write_demo_volume
 from tests.helmtool import CHART, helm, template
 from tests.integration.harness import hostpath_claim
 from tests.localcluster.cluster import LocalCluster
@@ -36,8 +35,6 @@ from tests.localcluster.realnode import NODE_NAME, POD_CIDR, POOLS
 from tests.localcluster.watch import wait_moving
 
 pytestmark = [pytest.mark.realnode, pytest.mark.trainer, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "examples/demo-lora.yaml"
 RELEASE = "kubetune"
 OPERATOR_NS = "kubetune-system"
 OPERATOR = f"system:serviceaccount:{OPERATOR_NS}:{RELEASE}"
@@ -138,18 +135,6 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ---------------------------------------------------------------------- helpers
-def demo_job(name: str, **spec: Any) -> dict[str, Any]:
-    body = yaml.safe_load(DEMO.read_text())
-    body["metadata"]["name"] = name
-    body["spec"]["output"]["pvc"]["path"] = f"runs/{name}"
-    for key, value in spec.items():
-        if isinstance(value, dict) and isinstance(body["spec"].get(key), dict):
-            body["spec"][key] = {**body["spec"][key], **value}
-        else:
-            body["spec"][key] = value
-    return copy.deepcopy(body)
-
-
 def apply(api: client.ApiClient, ns: str, body: dict[str, Any]) -> None:
     client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
 
@@ -324,7 +309,7 @@ def test_demo_succeeds_under_the_charts_rbac_which_is_exactly_what_it_uses(
     assert uid == "65532"
 
     claim = hostpath_claim(api, ns, "kubetune-demo", demo_files)
-    cluster.kubectl("apply", "-n", ns, "-f", str(DEMO))
+    cluster.kubectl("apply", "-n", ns, "-f", str(DEMO_JOB))
     body = wait_phase(api, ns, "demo-lora", "Succeeded", "Failed")
     st = body["status"]
     logs = cluster.kubectl("logs", release, "-n", OPERATOR_NS, check=False)

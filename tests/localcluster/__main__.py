@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.localcluster.cluster import LocalCluster, _alive
+from tests.localcluster.cluster import LocalCluster
+from tests.localcluster.procs import alive
 
 
 def cluster_dir(name: str) -> Path:
@@ -24,7 +25,7 @@ def cluster_dir(name: str) -> Path:
 def _running(d: Path) -> LocalCluster | None:
     with contextlib.suppress(OSError, ValueError, KeyError):
         c = LocalCluster.attach(d)
-        if c.pids and all(_alive(p) for p in c.pids.values()):
+        if c.pids and all(alive(p) for p in c.pids.values()):
             return c
     return None
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-images", action="store_true", help="with --real-node: skip building the images"
     )
+    ap.add_argument("--audit", action="store_true", help="the API server's audit log (metadata)")
     ap.add_argument("--images", default=None, help="image mapping YAML for the pod runner")
     args = ap.parse_args(argv)
     d = cluster_dir(args.name)
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 detached=True,
                 real_node=args.real_node,
                 real_node_images=not args.no_images,
+                audit=args.audit,
                 name=args.name,
             )
             c.start()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from tests.localcluster.build import K8S_VERSION, REPO_ROOT, ensure_k8s_binaries
 from tests.localcluster.certs import Pki, make_pki
 from tests.localcluster.kube import api_client, raw
 from tests.localcluster.podrunner import read_logs
+from tests.localcluster.procs import die_with_parent, spawn, terminate, wait_until
 from tests.localcluster.realnode import HOST_IP, RealNode
 
 MARKER = "KUBETUNE_LOCALCLUSTER"
@@ -63,12 +63,6 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def _die_with_parent() -> None:
-    """preexec: SIGTERM the child when the process that started it dies (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def leftover_processes(cluster_dir: str | Path) -> list[int]:
@@ -421,41 +415,24 @@ class LocalCluster:
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])
             )
-        with open(self.dir / "logs" / f"{name}.log", "ab") as logf:
-            p = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd or self.dir,
-                start_new_session=True,
-                preexec_fn=None if self.detached else _die_with_parent,
-            )
+        p = spawn(
+            argv,
+            self.dir / "logs" / f"{name}.log",
+            env,
+            cwd or self.dir,
+            None if self.detached else die_with_parent,
+        )
         self.procs[name] = p
         self.pids[name] = p.pid
 
     def _wait(self, what: str, ok: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, p in self.procs.items():
-                if p.poll() is not None:
-                    raise RuntimeError(
-                        f"{name} exited with {p.returncode} while waiting for {what}; "
-                        f"log: {self.dir / 'logs' / (name + '.log')}\n{self._log_tail(name)}"
-                    )
-            with contextlib.suppress(Exception):
-                if ok():
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} ({self.dir})")
-
-    def _log_tail(self, name: str) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(
-                (self.dir / "logs" / f"{name}.log").read_text(errors="replace").splitlines()[-20:]
-            )
-        return ""
+        wait_until(
+            f"{what} ({self.dir})",
+            ok,
+            timeout,
+            self.procs,
+            lambda name: self.dir / "logs" / f"{name}.log",
+        )
 
     @staticmethod
     def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
@@ -529,27 +506,4 @@ class LocalCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _terminate(self, name: str, pid: int, timeout: float) -> None:
-        proc = self.procs.get(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc is not None:
-                if proc.poll() is not None:
-                    return
-            elif not _alive(pid):
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+        terminate(pid, self.procs.get(name), timeout)

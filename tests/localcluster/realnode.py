@@ -30,7 +30,6 @@ however they end. Images live in a containerd store under `$KUBETUNE_CACHE`, kep
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -51,6 +50,7 @@ from tests.localcluster.certs import Pki, issue_client_cert
 from tests.localcluster.kube import raw
 from tests.localcluster.nodes import NodePool, gfd_labels, load_pools
 from tests.localcluster.ociarchive import write_image_archive
+from tests.localcluster.procs import alive, die_with_parent, spawn, terminate, wait_until
 
 HOST_IP = "10.213.0.1"
 NODE_IP = "10.213.0.2"
@@ -81,19 +81,6 @@ def coredns_version() -> str:
     match = re.search(r"github.com/coredns/coredns (v\S+)", gomod)
     assert match, "hack/nodeaddons/go.mod does not require CoreDNS"
     return match.group(1)
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _run(*argv: str, check: bool = True, input: str | None = None) -> str:
@@ -135,7 +122,7 @@ def cgroup_pids(rel: str = CGROUP) -> list[int]:
         for procs in root.rglob("cgroup.procs"):
             with contextlib.suppress(OSError):
                 pids += [int(p) for p in procs.read_text().split()]
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if alive(p)]
 
 
 def _remove_cgroup(rel: str) -> list[str]:
@@ -718,39 +705,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             # Join the node's cgroup (children inherit it), then die with the test process.
             (CGROUP_FS / "pids" / CGROUP / "node" / "cgroup.procs").write_text(str(os.getpid()))
             if not self.detached:
-                _die_with_parent()
+                die_with_parent()
 
         pass_fds = (self.lock.fd,) if self.lock.fd is not None else ()
-        with open(self.log(name), "ab") as logf:
-            p = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.dir,
-                start_new_session=True,
-                preexec_fn=preexec,
-                pass_fds=pass_fds,
-            )
+        p = spawn(argv, self.log(name), env, self.dir, preexec, pass_fds)
         self.procs[name] = p
         self.pids[name] = p.pid
 
     def _wait(self, what: str, ok: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, p in self.procs.items():
-                if p.poll() is not None:
-                    tail = self.log(name).read_text(errors="replace")[-3000:]
-                    raise RuntimeError(
-                        f"{name} exited with {p.returncode} while waiting for {what}; "
-                        f"log: {self.log(name)}\n{tail}"
-                    )
-            with contextlib.suppress(Exception):
-                if ok():
-                    return
-            time.sleep(0.5)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        wait_until(what, ok, timeout, self.procs, self.log, every=0.5)
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
@@ -761,7 +724,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             return
         self._terminate("kubelet", 10)
         _kill_cgroup(f"{CGROUP}/kubepods")
-        if self.pids.get("containerd") and _alive(self.pids["containerd"]):
+        if self.pids.get("containerd") and alive(self.pids["containerd"]):
             with contextlib.suppress(Exception):
                 self._clear_old_containers()
         for name in ("fakegpu", "kube-proxy", "containerd"):
@@ -786,21 +749,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _terminate(self, name: str, timeout: float) -> None:
         pid = self.pids.get(name)
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        proc = self.procs.get(name)
-        while time.monotonic() < deadline:
-            if (proc.poll() is not None) if proc is not None else not _alive(pid):
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+        if pid is not None:
+            terminate(pid, self.procs.get(name), timeout)
 
 
 def kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path) -> None:
