@@ -361,7 +361,6 @@ class Reconciler:
             if waited >= self.settings.image_pull_timeout_seconds:
                 self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
                 self._fail(ctx, seen.reason, f"{seen.message} (for {int(waited)} s)")
-            ctx.again(10.0)
         return None
 
     def _probe_backoff(self, ctx: Ctx, pod: str, term: dict[str, Any], detail: str) -> None:
