@@ -383,7 +383,7 @@ def test_demo_succeeds_under_the_charts_rbac_which_is_exactly_what_it_uses(
 
 
 # ---------------------------------------------------------------------- failures
-def test_a_trainer_over_its_memory_limit_is_oomkilled_and_replanned_until_nothing_fits(
+def test_a_trainer_over_its_memory_limit_is_oomkilled_and_replanned_until_retries_run_out(
     release: str, api: client.ApiClient, ns: str, demo_files: Path
 ) -> None:
     hostpath_claim(api, ns, "kubetune-demo", demo_files)
@@ -391,26 +391,21 @@ def test_a_trainer_over_its_memory_limit_is_oomkilled_and_replanned_until_nothin
     apply(api, ns, demo_job("oom", resources={"memory": "300Mi"}))
     body = wait_phase(api, ns, "oom", "Failed", "Succeeded")
     st = body["status"]
-    assert st["phase"] == "Failed" and condition(body, "Failed")["reason"] == "OutOfMemory", st
-    assert "no smaller plan is possible" in st["message"]
-    # Each attempt was killed by the kernel for its memory limit, and each re-plan took the
-    # next step down: micro-batch 8 -> 4 -> 2 -> 1, then gradient checkpointing.
+    failed = condition(body, "Failed")
+    assert st["phase"] == "Failed" and failed["reason"] == "RetriesExhausted", st
+    assert "exited 137 (OOMKilled)" in failed["message"], failed
+    # Each attempt was killed by the kernel for its memory limit, and each retry re-planned
+    # one step down (micro-batch 8 -> 4 -> 2 -> 1, same global batch) until maxRestarts (3).
     events = events_for(api, ns, "oom")
     restarts = [e["message"] for e in events if e["reason"] == "Restarting"]
-    assert restarts and all("exited 137 (OOMKilled)" in m for m in restarts), restarts
+    assert len(restarts) == 3 and all("exited 137 (OOMKilled)" in m for m in restarts), restarts
     replans = sorted(e["message"] for e in events if e["reason"] == "ReplannedAfterOOM")
     assert replans == sorted(
-        f"out of memory; {change}"
-        for change in (
-            "micro-batch 8 → 4",
-            "micro-batch 4 → 2",
-            "micro-batch 2 → 1",
-            "gradient checkpointing on",
-        )
+        f"out of memory; micro-batch {a} → {b}" for a, b in ((8, 4), (4, 2), (2, 1))
     ), replans
     plan = st["plan"]
-    assert (plan["microBatchSize"], plan["gradientCheckpointing"]) == (1, True)
-    assert st["restarts"] == 4
+    assert (plan["microBatchSize"], plan["gradientAccumulationSteps"]) == (1, 16), plan
+    assert st["restarts"] == 3 and st["attempt"] == 4
 
 
 def test_a_wrong_image_fails_the_job_clearly_without_retrying(
