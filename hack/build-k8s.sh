@@ -89,7 +89,7 @@ go_build_k8s() {
   local staging="v0.$minor"  # v1.35.4 -> v0.35.4
   src="$(mktemp -d "$CACHE/k8s-build.XXXXXX")"
   trap 'rm -rf "$src"; trap - RETURN' RETURN
-  log "building Kubernetes $K8S_VERSION ${missing[*]} (staging modules $staging) in $src; this takes a while"
+  log "building Kubernetes $K8S_VERSION ${missing[*]} (staging modules $staging) in $src; on 2 cores about 4 min for the control plane, 1-2 min more for the node"
   local gomod
   gomod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
   {
@@ -151,7 +151,7 @@ build_addons() {
   dir="$CACHE/nodeaddons-$hash"
   if [[ ! -x "$dir/bin/coredns" || ! -x "$dir/bin/fakegpu" ]]; then
     need_go "CoreDNS"
-    log "building CoreDNS and the fake-GPU device plugin (hack/nodeaddons) into $dir"
+    log "building CoreDNS and the fake-GPU device plugin (hack/nodeaddons) into $dir (about 2 min)"
     (cd "$ADDONS_SRC" && go build -ldflags="-s -w" -o "$dir/bin.tmp/" ./coredns ./fakegpu >&2)
     rm -rf "$dir/bin" && mv "$dir/bin.tmp" "$dir/bin"
   fi

@@ -104,10 +104,22 @@ def release(real_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
     helm(
         *args, "--wait", "--timeout", "300s", "--kubeconfig", str(real_cluster.kubeconfig), env=env
     )
-    pods = json.loads(real_cluster.kubectl("get", "pods", "-n", OPERATOR_NS, "-o", "json"))
-    running = [p for p in pods["items"] if p["status"].get("phase") == "Running"]
-    assert len(running) == 1, [p["status"] for p in pods["items"]]
-    return str(running[0]["metadata"]["name"])
+    # With leader election the Deployment allows all replicas unavailable, so `--wait` does
+    # not wait for the pod: wait for the leader to be Ready (it alone opens the progress port).
+    deadline, ready = time.monotonic() + 300, list[dict[str, Any]]()
+    while not ready:
+        pods = json.loads(real_cluster.kubectl("get", "pods", "-n", OPERATOR_NS, "-o", "json"))
+        ready = [
+            p
+            for p in pods["items"]
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p["status"].get("conditions", [])
+            )
+        ]
+        assert ready or time.monotonic() < deadline, [p["status"] for p in pods["items"]]
+        time.sleep(1)
+    return str(ready[0]["metadata"]["name"])
 
 
 @pytest.fixture
