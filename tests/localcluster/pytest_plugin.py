@@ -36,6 +36,7 @@ _started: list[Path] = []
 _changed: list[str] = []
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown when xdist is not loaded
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`load` scheduling, except that the real-node modules form one unit for one worker.
 
