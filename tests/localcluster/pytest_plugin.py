@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.localcluster.build import ensure_node_binaries
 from tests.localcluster.cluster import LocalCluster, leftover_processes
 from tests.localcluster.kube import raw
 from tests.localcluster.realnode import machine_snapshot
@@ -96,6 +97,7 @@ def real_cluster() -> Iterator[LocalCluster]:
     if reuse:
         yield LocalCluster.attach(reuse)
         return
+    ensure_node_binaries()  # installs packages: the snapshot is of the machine with them
     before = machine_snapshot()
     cluster = LocalCluster(real_node=True, audit=True, node_lock_timeout=3600)
     _started.append(cluster.dir)
