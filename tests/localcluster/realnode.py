@@ -36,7 +36,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -907,7 +906,3 @@ def coredns_manifests(image: str) -> list[dict[str, Any]]:
             },
         },
     ]
-
-
-if __name__ == "__main__":  # pragma: no cover - a debugging aid
-    print(json.dumps(NodeLock().holder(), indent=2), file=sys.stderr)
