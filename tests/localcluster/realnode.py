@@ -90,14 +90,27 @@ def _run(*argv: str, check: bool = True, input: str | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- cgroups
+def _unified() -> bool:
+    """A cgroup v2-only machine (this project is tested on v1 hybrid machines like this one)."""
+    return (CGROUP_FS / "cgroup.controllers").exists()
+
+
 def _hierarchies() -> list[Path]:
     """The mounted cgroup hierarchies: v1's (cpu, memory, pids, name=systemd, ...) and, on a
-    hybrid machine, the v2 one at /sys/fs/cgroup/unified (runc creates its cgroups there too)."""
+    hybrid machine, the v2 one at /sys/fs/cgroup/unified (runc creates its cgroups there too);
+    on a v2-only machine, the one tree."""
+    if _unified():
+        return [CGROUP_FS]
     return sorted(
         p
         for p in CGROUP_FS.iterdir()
         if p.is_dir() and not p.is_symlink() and (p / "cgroup.procs").exists()
     )
+
+
+def _pids_tree() -> Path:
+    """Where the node's processes are listed and joined: the pids hierarchy (or v2's tree)."""
+    return CGROUP_FS if _unified() else CGROUP_FS / "pids"
 
 
 def _make_cgroup(rel: str) -> None:
@@ -115,7 +128,7 @@ def _make_cgroup(rel: str) -> None:
 
 def cgroup_pids(rel: str = CGROUP) -> list[int]:
     """Every process in the cgroup subtree `rel` (read from the pids hierarchy)."""
-    root = CGROUP_FS / "pids" / rel
+    root = _pids_tree() / rel
     pids: list[int] = []
     if root.is_dir():
         for procs in root.rglob("cgroup.procs"):
@@ -702,7 +715,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
         def preexec() -> None:
             # Join the node's cgroup (children inherit it), then die with the test process.
-            (CGROUP_FS / "pids" / CGROUP / "node" / "cgroup.procs").write_text(str(os.getpid()))
+            (_pids_tree() / CGROUP / "node" / "cgroup.procs").write_text(str(os.getpid()))
             if not self.detached:
                 die_with_parent()
 
