@@ -107,7 +107,7 @@ images:
 # source; etcd from Debian), the real node's (kubelet, kube-proxy, pause, CoreDNS, the fake-GPU
 # device plugin; containerd, runc and CNI plugins from Debian) and helm, cached under
 # $(KUBETUNE_CACHE)/k8s-<v>, nodeaddons-<hash>, helm-<v>.
-.PHONY: k8s-bins node-bins helm
+.PHONY: k8s-bins node-bins helm gitops-tools
 k8s-bins:
 	hack/build-k8s.sh k8s
 
@@ -116,6 +116,11 @@ node-bins:
 
 helm:
 	hack/build-k8s.sh helm
+
+# kstatus (cli-utils and Flux's fork), Argo CD's Lua runtime and kubeconform, for the health
+# tests; cached under $(KUBETUNE_CACHE)/gitops-tools-<hash>.
+gitops-tools:
+	hack/build-gitops-tools.sh
 
 clean-venv:
 	rm -rf $(VENV)

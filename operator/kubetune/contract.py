@@ -6,20 +6,20 @@ a cluster. Users may not set env vars whose names are reserved here.
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 
 from pydantic import Field
 
 from .api.base import ApiModel
+from .api.phases import TrainerPhase
+from .api.status import CheckpointStatus, EvaluationStatus, OutputStatus, Progress
 
 # --------------------------------------------------------------------------- env
+# Only what the trainer reads: the job, the attempt and the progress target are in the
+# config file itself (kubetune.api.trainer_config), not repeated as env.
 ENV_CONFIG = "KUBETUNE_CONFIG"  # path of the resolved TrainerConfig (YAML)
-ENV_JOB_NAME = "KUBETUNE_JOB_NAME"
-ENV_NAMESPACE = "KUBETUNE_NAMESPACE"
-ENV_ATTEMPT = "KUBETUNE_ATTEMPT"
 ENV_PVC_ROOT = "KUBETUNE_PVC_ROOT"  # where PVC claims are mounted, one dir per claim
-ENV_PROGRESS_URL = "KUBETUNE_PROGRESS_URL"  # operator endpoint for progress reports
-ENV_PROGRESS_TOKEN = "KUBETUNE_PROGRESS_TOKEN_FILE"  # projected service-account token
 ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"  # override of /dev/termination-log
 ENV_HF_TOKEN = "HF_TOKEN"  # from tokenSecretRef; huggingface_hub reads it too
 ENV_HF_PUSH_TOKEN = "KUBETUNE_HF_PUSH_TOKEN"  # from output.hf.tokenSecretRef (write access)
@@ -32,12 +32,7 @@ ENV_NPROC_PER_NODE = "NPROC_PER_NODE"
 RESERVED_ENV = frozenset(
     {
         ENV_CONFIG,
-        ENV_JOB_NAME,
-        ENV_NAMESPACE,
-        ENV_ATTEMPT,
         ENV_PVC_ROOT,
-        ENV_PROGRESS_URL,
-        ENV_PROGRESS_TOKEN,
         ENV_TERMINATION_LOG,
         ENV_MASTER_ADDR,
         ENV_MASTER_PORT,
@@ -101,11 +96,28 @@ def classify_exit(code: int) -> ExitCode:
         return ExitCode.ERROR if code < 128 else ExitCode.RETRYABLE
 
 
+def killed_by(code: int) -> str | None:
+    """ "killed by signal 9 (SIGKILL)" when an exit code says a signal ended the process:
+    128+N from a container runtime or shell, -N from Python's subprocess; else None.
+
+    Such a process wrote no summary, and its last log line (a loss dict, say) says
+    nothing about why it stopped."""
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return None
+    return f"killed by signal {number} ({name})"
+
+
 # --------------------------------------------------------------------------- messages
 class TerminationSummary(ApiModel):
     """What the trainer writes to its termination log (under 4 KiB) at exit.
 
-    The operator copies it into status; the full report lives next to the checkpoints.
+    Typed with the status's own models: the operator copies `progress`, `checkpoints`,
+    `evaluation` and `output` into `status` as they are, so every key the trainer emits
+    is one the CRD schema keeps (a real API server prunes unknown ones). The full report
+    lives next to the checkpoints.
     """
 
     version: int = 1
@@ -115,37 +127,32 @@ class TerminationSummary(ApiModel):
     message: str = ""
     """One line for humans; for bad input it names the file and line."""
     step: int | None = None
+    """Optimizer steps done when the run stopped."""
     total_steps: int | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
-    """Final training figures (train loss, runtime, tokens/s, peak memory GiB)."""
-    evaluation: dict[str, dict[str, float] | bool | None] = Field(default_factory=dict)
-    """baseline/final metric maps, forgetting figures, passed."""
-    checkpoint: str | None = None
-    """Newest complete checkpoint."""
-    best_checkpoint: str | None = None
-    output: dict[str, str] = Field(default_factory=dict)
-    """adapter, merged, report, dataReport, lossCurve, modelCard paths."""
+    progress: Progress | None = None
+    """The last progress figures (status.progress at the end of the run)."""
+    checkpoints: CheckpointStatus | None = None
+    """Newest complete and best checkpoint (status.checkpoints)."""
+    evaluation: EvaluationStatus | None = None
+    """Baseline vs tuned, the forgetting verdict and the gate (status.evaluation)."""
+    output: OutputStatus | None = None
+    """Where the results are (status.output)."""
     data: dict[str, int] = Field(default_factory=dict)
-    """The data report's counts."""
+    """The data report's counts (status.data)."""
 
 
-class ProgressReport(ApiModel):
-    """What rank 0 posts to the operator every few seconds."""
+class ProgressReport(Progress):
+    """What rank 0 posts to the operator every few seconds: status.progress plus whose
+    it is, its newest checkpoint and whether it is training or evaluating."""
 
     namespace: str
     name: str
     attempt: int = 0
-    step: int = 0
-    total_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
-    learning_rate: float | None = None
-    grad_norm: float | None = None
-    tokens_per_second: float | None = None
-    eta_seconds: float | None = None
-    percent: float | None = None
-    peak_memory_gi_b: float | None = Field(default=None, alias="peakMemoryGiB")
     checkpoint: str | None = None
     checkpoint_step: int | None = None
-    phase: str | None = None
-    """`training` or `evaluating`."""
+    phase: TrainerPhase | None = None
+    """`training` or `evaluating` (the operator's Running or Evaluating phase)."""
+
+    def progress(self) -> Progress:
+        """The status.progress part of the report."""
+        return Progress.model_validate(self.model_dump(include=set(Progress.model_fields)))

@@ -16,17 +16,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import GROUP, PLURAL, VERSION
+from kubetune.contract import LABEL_JOB
 from tests.localcluster.cluster import LocalCluster
 from tests.localcluster.kube import raw
+from tests.waits import wait_progress
 
 ROOT = Path(__file__).resolve().parents[2]
 POOLS = ROOT / "tests/localcluster/pools.yaml"
@@ -55,6 +58,8 @@ class OperatorProcess:
             "KUBETUNE_RETRY_BACKOFF_SECONDS": "1",
             "KUBETUNE_RESYNC_SECONDS": "5",
             "KUBETUNE_TERMINATION_GRACE_SECONDS": "20",
+            # Waits for GPUs or a queue turn into a stall after this (test_gitops_health).
+            "KUBETUNE_CAPACITY_GRACE_SECONDS": "20",
             "KUBETUNE_LOG_FORMAT": "plain",
             **(env or {}),
         }
@@ -146,24 +151,100 @@ def get_job(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     return body
 
 
+TRAINING_STALL = 240.0
+"""Seconds a training job may show no change at all (status, pods, their logs) before a
+test gives up: a loaded machine makes a run slower, never silent for this long."""
+
+
 def wait_for(
     api: client.ApiClient,
     namespace: str,
     name: str,
     ok: Callable[[dict[str, Any]], bool],
-    timeout: float,
+    stall: float,
     what: str = "condition",
 ) -> dict[str, Any]:
-    """Polls the FineTuneJob until `ok(body)`; fails with its last status otherwise."""
-    deadline = time.monotonic() + timeout
+    """Polls the FineTuneJob until `ok(body)`; fails only when nothing about it moved for
+    `stall` seconds (tests.waits): its phase, attempt, progress step, checkpoint,
+    conditions and message, its pods' phases and container states, and the size of their
+    logs. The failure shows the status and pods last seen."""
     body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    watch = JobWatch(api, namespace, name)
+
+    def done() -> dict[str, Any] | None:
+        nonlocal body
         body = get_job(api, namespace, name)
-        if ok(body):
-            return body
-        time.sleep(0.5)
-    status = yaml.safe_dump(body.get("status"), sort_keys=False)
-    raise AssertionError(f"{namespace}/{name}: timed out waiting for {what}; status:\n{status}")
+        return body if ok(body) else None
+
+    def describe(seen: Hashable) -> str:
+        status = yaml.safe_dump(body.get("status"), sort_keys=False)
+        return f"status:\n{status}pods: {watch.pods}\nlog bytes: {watch.log_sizes}"
+
+    return wait_progress(
+        done,
+        lambda: watch.state(body),
+        f"{namespace}/{name}: waiting for {what}",
+        stall,
+        describe=describe,
+    )
+
+
+class JobWatch:
+    """What shows a FineTuneJob moving, as one comparable value."""
+
+    LOG_EVERY = 5.0
+    """Pod logs are read through the API server, so less often than the status."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, name: str) -> None:
+        self.core = client.CoreV1Api(api)
+        self.namespace, self.name = namespace, name
+        self.pods: list[tuple[Any, ...]] = []
+        self.log_sizes: dict[str, int] = {}
+        self._logs_read = 0.0
+
+    def state(self, body: dict[str, Any]) -> Hashable:
+        st = body.get("status") or {}
+        conditions = tuple(
+            (c.get("type"), c.get("status"), c.get("reason")) for c in st.get("conditions") or []
+        )
+        job = (
+            st.get("phase"),
+            st.get("attempt"),
+            st.get("restarts"),
+            (st.get("progress") or {}).get("step"),
+            (st.get("checkpoints") or {}).get("latestStep"),
+            st.get("message"),
+            conditions,
+        )
+        items = raw(
+            self.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=f"{LABEL_JOB}={self.name}",
+        )["items"]
+        self.pods = [
+            (
+                p["metadata"]["name"],
+                (p.get("status") or {}).get("phase"),
+                tuple(
+                    (next(iter(cs.get("state") or {}), None), cs.get("restartCount"))
+                    for cs in (p.get("status") or {}).get("containerStatuses") or []
+                ),
+            )
+            for p in items
+        ]
+        if time.monotonic() - self._logs_read > self.LOG_EVERY:
+            self._logs_read = time.monotonic()
+            for pod in items:
+                if (pod.get("status") or {}).get("phase") == "Running":
+                    self.log_sizes[pod["metadata"]["name"]] = self._log_size(pod)
+        return job, tuple(self.pods), tuple(sorted(self.log_sizes.items()))
+
+    def _log_size(self, pod: dict[str, Any]) -> int:
+        try:
+            text = self.core.read_namespaced_pod_log(pod["metadata"]["name"], self.namespace)
+        except ApiException:
+            return -1
+        return len(text or "")
 
 
 def phase_is(*phases: str) -> Callable[[dict[str, Any]], bool]:
@@ -178,9 +259,14 @@ def condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def hostpath_claim(
-    api: client.ApiClient, namespace: str, name: str, source: Path | None = None
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    source: Path | None = None,
+    access: str = "ReadWriteMany",
 ) -> Path:
-    """A PVC bound to a hostPath PV over a fresh directory (a copy of `source` if given).
+    """A PVC bound to a hostPath PV over a fresh directory (a copy of `source` if given),
+    with access mode `access`.
 
     The pod runner mounts hostPath PVs as the directory itself, so trainer pods see the
     files at their mount path exactly as on a real volume.
@@ -199,7 +285,7 @@ def hostpath_claim(
             "metadata": {"name": pv},
             "spec": {
                 "capacity": {"storage": "10Gi"},
-                "accessModes": ["ReadWriteMany"],
+                "accessModes": [access],
                 "hostPath": {"path": str(base)},
                 "storageClassName": "manual",
                 "persistentVolumeReclaimPolicy": "Retain",
@@ -213,7 +299,7 @@ def hostpath_claim(
         {
             "metadata": {"name": name},
             "spec": {
-                "accessModes": ["ReadWriteMany"],
+                "accessModes": [access],
                 "resources": {"requests": {"storage": "10Gi"}},
                 "storageClassName": "manual",
                 "volumeName": pv,

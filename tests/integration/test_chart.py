@@ -28,6 +28,7 @@ NAMESPACED_ALLOWED = [
     ("create", "configmaps"),
     ("create", "services"),
     ("create", "persistentvolumeclaims"),
+    ("get", "persistentvolumeclaims"),  # a multi-node job's output claim must be RWX
     ("create", "events"),
 ]
 CLUSTER_ALLOWED = [

@@ -3,6 +3,7 @@ refuse what `kubetune validate` refuses; the spec freezes once the job has launc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import GROUP, PLURAL, VERSION
-from kubetune.api.validate import validate_file
+from kubetune.api.validate import validate_file, validate_text
 from tests.localcluster.cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,10 +57,15 @@ def test_server_refuses_what_validate_refuses(
     crd: None, k8s: client.ApiClient, namespace: str, stem: str
 ) -> None:
     path = BAD / f"{stem}.yaml"
-    assert validate_file(path).problems, "kubetune validate must refuse it too"
+    problems = validate_file(path).problems
+    assert problems, "kubetune validate must refuse it too"
     with pytest.raises(ApiException) as err:
         _create(k8s, namespace, _doc(path))
     assert err.value.status == 422
+    # ... and names the same field as the API server.
+    causes = json.loads(err.value.body or "{}")["details"]["causes"]
+    fields = {c.get("field") for c in causes}
+    assert {p.path for p in problems} <= fields, causes
 
 
 def test_every_example_is_accepted_and_defaulted(
@@ -105,4 +111,15 @@ def test_printer_columns(crd: None, local_cluster: LocalCluster, namespace: str)
     header = local_cluster.kubectl("get", "ftj", "-n", namespace).splitlines()[0].split()
     assert header[:4] == ["NAME", "PHASE", "METHOD", "GPUS"]
     explain = local_cluster.kubectl("explain", "finetunejob.spec.training.learningRate")
-    assert "default 2e-4 for LoRA" in explain
+    assert "unset takes the method's default" in explain
+
+
+def test_references_take_any_valid_kubernetes_name(
+    crd: None, k8s: client.ApiClient, namespace: str
+) -> None:
+    """Secret and claim names are DNS subdomains (dots, up to 253 characters)."""
+    body = _doc(ROOT / "examples/demo-lora.yaml")
+    body["spec"]["model"] = {"hf": {"repo": "org/m", "tokenSecretRef": {"name": "hf.token"}}}
+    body["spec"]["dataset"]["train"]["pvc"]["claimName"] = "datasets.v2." + "a" * 200
+    assert validate_text(yaml.safe_dump(body)).problems == []
+    _create(k8s, namespace, body)

@@ -238,11 +238,17 @@ def test_wrong_jobs_fail_with_the_cause_and_are_not_retried(
         apply_job(k8s, namespace, manifest)
     problems = []
     for name, _, reason, text in CASES:
-        body = wait_for(k8s, namespace, name, _ended, timeout=120, what="Failed")
+        body = wait_for(k8s, namespace, name, _ended, stall=120, what="Failed")
         st = body["status"]
         failed = condition(body, "Failed")
         if failed.get("reason") != reason or text.lower() not in st.get("message", "").lower():
             problems.append(f"{name}: {failed.get('reason')}: {st.get('message')}")
         if st.get("restarts", 0) != 0 or st.get("attempt", 0) > 1:
             problems.append(f"{name}: retried (attempt {st.get('attempt')})")
+        # The probe's message and the operator's prefix once said it all twice.
+        twice = [
+            p for p in ("cannot read config.json", "pvc models:/") if st["message"].count(p) > 1
+        ]
+        if twice:
+            problems.append(f"{name}: says {twice} twice: {st['message']}")
     assert problems == []

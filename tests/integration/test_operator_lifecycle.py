@@ -19,6 +19,7 @@ from kubernetes import client
 from kubetune import contract as c
 from tests.fixtures.demo_volume import demo_job, write_demo_volume
 from tests.integration.harness import (
+    TRAINING_STALL,
     OperatorProcess,
     apply_job,
     condition,
@@ -31,7 +32,6 @@ from tests.localcluster.cluster import LocalCluster
 from tests.localcluster.kube import raw
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
-TRAINING_TIMEOUT = 420
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def workloads(api: client.ApiClient, namespace: str, job: str) -> list[str]:
 def finished(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     """Waits for the job to end and returns its status, which must say Succeeded."""
     body = wait_for(
-        api, namespace, name, phase_is("Succeeded", "Failed"), TRAINING_TIMEOUT, "the job to finish"
+        api, namespace, name, phase_is("Succeeded", "Failed"), TRAINING_STALL, "the job to finish"
     )
     st: dict[str, Any] = body["status"]
     assert st["phase"] == "Succeeded", st.get("message")
@@ -88,7 +88,7 @@ def test_killed_trainer_pod_resumes_from_its_checkpoint(
         namespace,
         "killed",
         lambda b: ((b.get("status") or {}).get("checkpoints") or {}).get("latestStep", 0) >= 20,
-        TRAINING_TIMEOUT,
+        TRAINING_STALL,
         "a checkpoint",
     )
     saved = body["status"]["checkpoints"]["latestStep"]
@@ -103,6 +103,11 @@ def test_killed_trainer_pod_resumes_from_its_checkpoint(
     )
     st = finished(k8s, namespace, "killed")
     assert st["restarts"] == 1 and st["attempt"] == 2
+    # the cause, not the killed process's last log line (a loss dict)
+    events = raw(client.CoreV1Api(k8s).list_namespaced_event, namespace)["items"]
+    restarting = [e["message"] for e in events if e["reason"] == "Restarting"]
+    assert len(restarting) == 1, restarting
+    assert "(rank 0) exited 137 (Error): killed by signal 9 (SIGKILL)" in restarting[0]
     report = Path(st["output"]["report"].replace(f"{c.PVC_ROOT}/kubetune-demo", str(demo_claim)))
     assert resumed_step(report) >= saved > 0
 
@@ -119,7 +124,7 @@ def test_operator_killed_mid_run_adopts_and_finishes(
     env = {"KUBETUNE_NAMESPACES": namespace}
     first = OperatorProcess(local_cluster.kubeconfig, tmp_path / "op1.log", env).start()
     apply_job(k8s, namespace, demo_job("crash"))
-    wait_for(k8s, namespace, "crash", phase_is("Running"), TRAINING_TIMEOUT, "Running")
+    wait_for(k8s, namespace, "crash", phase_is("Running"), TRAINING_STALL, "Running")
     first.kill()
     second = OperatorProcess(local_cluster.kubeconfig, tmp_path / "op2.log", env).start()
     try:
@@ -128,7 +133,7 @@ def test_operator_killed_mid_run_adopts_and_finishes(
             namespace,
             "crash",
             phase_is("Succeeded", "Failed"),
-            TRAINING_TIMEOUT,
+            TRAINING_STALL,
             "the job to finish",
         )
     finally:
@@ -148,7 +153,7 @@ def test_suspend_then_resume_continues_from_the_checkpoint(
         namespace,
         "pausable",
         lambda b: ((b.get("status") or {}).get("checkpoints") or {}).get("latestStep", 0) >= 20,
-        TRAINING_TIMEOUT,
+        TRAINING_STALL,
         "a checkpoint",
     )
     # from live progress, in the same form the final summary gives
@@ -194,7 +199,7 @@ def test_delete_removes_children_and_keeps_user_claims(
     operator: OperatorProcess, k8s: client.ApiClient, namespace: str, demo_claim: Path
 ) -> None:
     apply_job(k8s, namespace, demo_job("doomed", training={"epochs": 24}))
-    wait_for(k8s, namespace, "doomed", phase_is("Running"), TRAINING_TIMEOUT, "Running")
+    wait_for(k8s, namespace, "doomed", phase_is("Running"), TRAINING_STALL, "Running")
     core, batch = client.CoreV1Api(k8s), client.BatchV1Api(k8s)
     sel = f"{c.LABEL_JOB}=doomed"
     assert raw(core.list_namespaced_config_map, namespace, label_selector=sel)["items"]

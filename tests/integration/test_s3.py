@@ -23,12 +23,13 @@ from typing import Any
 
 import pytest
 
-from kubetune.api.common import DataSource, ModelSource
-from kubetune.api.spec import ModelSpec
+from kubetune.api.common import DataSource, ModelSource, ObjectStoreSource
+from kubetune.api.spec import FineTuneJobSpec, ModelSpec
 from kubetune.contract import ExitCode
-from kubetune_trainer import model_source, outputs
+from kubetune_trainer import model_source, outputs, storage
 from kubetune_trainer.config import dump_config
 from kubetune_trainer.data import sources
+from kubetune_trainer.data.formats import check_readable
 from kubetune_trainer.failures import BadInput, Retryable, classify
 from kubetune_trainer.models import resolve_model_dir
 from kubetune_trainer.testing import make_config, make_plan
@@ -153,6 +154,7 @@ def s3(s3_server: S3, monkeypatch: pytest.MonkeyPatch) -> S3:
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(storage, "_secrets", None)  # no Secret named unless a test says so
     s3fs.S3FileSystem.clear_instance_cache()
     return s3_server
 
@@ -189,6 +191,27 @@ def test_missing_dataset_and_bucket_are_bad_input(s3: S3) -> None:
     for uri in (f"s3://{BUCKET}/nope/train.jsonl", "s3://no-such-bucket/train.jsonl"):
         with pytest.raises(sources.BadInputError, match="no such file"):
             sources.list_files(uri)
+
+
+def test_undecodable_objects_are_bad_input_naming_the_object(s3: S3, tmp_path: Path) -> None:
+    """Through s3fs as on a real store: bytes that are not what the key's name says are the
+    user's to fix (exit 2), while the store itself answered fine."""
+    rows = "".join(json.dumps(r) + "\n" for r in make_instruction_rows(200, seed=2)).encode()
+    objects = {
+        "bad/not-gzip.jsonl.gz": (rows, "the name says gzip-compressed but the file holds text"),
+        "bad/cut.jsonl.gz": (gzip.compress(rows)[:-64], "not valid gzip data, or cut short"),
+        "bad/not.parquet": (rows, "not a Parquet file: it holds text"),
+        "bad/words.jsonl": (b"just words\n" * 3, ":1: line 1 is not valid JSON"),
+    }
+    for key, (body, says) in objects.items():
+        s3.client.put_object(Bucket=BUCKET, Key=key, Body=body)
+        source = DataSource.model_validate(_s3(f"s3://{BUCKET}/{key}"))
+        with pytest.raises(sources.BadInputError) as err:
+            raw = sources.load_raw(source, cache_dir=str(tmp_path))
+            check_readable(raw)
+        message = str(err.value)
+        assert message.startswith(f"s3://{BUCKET}/{key}") and says in message, message
+        assert classify(err.value)[0] == ExitCode.BAD_INPUT
 
 
 # --------------------------------------------------------------------------- model
@@ -265,6 +288,62 @@ def test_wrong_credentials_are_bad_input(
             outputs.push_fsspec(tmp_path, f"s3://{BUCKET}/runs/denied")
 
 
+def test_credential_refusals_name_the_secret_and_the_keys_it_lacks(
+    s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: "check the credentialsSecretRef Secret", naming neither it nor its keys."""
+    url = f"s3://{BUCKET}/data/train.jsonl"
+    storage.use_credentials(
+        [
+            ObjectStoreSource.model_validate(
+                {"uri": url, "credentialsSecretRef": {"name": "s3-creds"}}
+            )
+        ]
+    )
+    with s3.auth():
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        with pytest.raises(BadInput) as err:
+            sources.list_files(url)
+        assert "access denied" in str(err.value)
+        assert (
+            "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the credentialsSecretRef"
+            " Secret 's3-creds'" in str(err.value)
+        )
+        # A Secret without the keys (MinIO's accessKey/secretKey names, say): refused before
+        # any request, which would otherwise fall back to the node's identity.
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        with pytest.raises(BadInput, match="Secret 's3-creds' lacks AWS_SECRET_ACCESS_KEY \\("):
+            sources.list_files(url)
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        with pytest.raises(BadInput, match="lacks AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+            outputs.check_destinations(
+                FineTuneJobSpec.model_validate(
+                    {**SPEC, "output": {"s3": {"uri": f"s3://{BUCKET}/runs/x"}}}
+                ),
+                Path("/tmp"),
+            )
+
+
+SPEC = {"model": {"path": "/models/base"}, "dataset": {"train": {"path": "/data/t.jsonl"}}}
+
+
+def test_output_stores_are_checked_writable_before_training(
+    s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def check(uri: str) -> None:
+        spec = FineTuneJobSpec.model_validate({**SPEC, "output": {"s3": {"uri": uri}}})
+        outputs.check_destinations(spec, tmp_path / "out")
+
+    check(f"s3://{BUCKET}/runs/checked")
+    assert s3.keys("runs/checked") == {}  # the test object is gone again
+    with pytest.raises(BadInput, match=r"spec\.output\.s3: writing a test object to s3://nope-b"):
+        check("s3://nope-bucket/runs/a")
+    assert [b["Name"] for b in s3.client.list_buckets()["Buckets"]] == [BUCKET]
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with s3.auth(), pytest.raises(BadInput, match="access denied"):
+        check(f"s3://{BUCKET}/runs/denied")
+
+
 def test_unreachable_store_is_retryable(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
@@ -309,9 +388,20 @@ def test_training_with_model_data_and_output_on_s3(s3: S3, tmp_path: Path) -> No
         pushed["adapter/adapter_model.safetensors"]
         == (out / "adapter" / "adapter_model.safetensors").read_bytes()
     )
-    assert summary.output["objectStore"] == f"s3://{BUCKET}/jobs/t1"
+    assert summary.output is not None
+    assert summary.output.object_store == f"s3://{BUCKET}/jobs/t1"
     assert json.loads(pushed["data-report.json"])["counts"]
     assert not [k for k in pushed if k.startswith("checkpoint")]
+
+
+def test_trainer_refuses_an_unwritable_output_before_training(s3: S3, tmp_path: Path) -> None:
+    """Before: the whole run trained and evaluated, then failed copying the outputs."""
+    config = _s3_job(s3, tmp_path, f"s3://{BUCKET}/data/train.jsonl", "s3://nope-bucket/jobs/t")
+    code, summary = run_trainer(config, tmp_path, env=s3.env())
+    assert code == ExitCode.BAD_INPUT and summary is not None, summary
+    assert summary.message.startswith("spec.output.s3: writing a test object to s3://nope-bucket")
+    assert summary.step is None and not (tmp_path / "out" / "checkpoints").exists()
+    assert not (tmp_path / "out" / ".scratch" / "model").exists()  # not even downloaded
 
 
 @pytest.mark.slow

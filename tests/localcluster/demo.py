@@ -17,22 +17,26 @@ behind the `kubetune-demo` claim (model, data, and the run's outputs under `runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from kubetune import contract as c
+from tests.integration.harness import JobWatch, get_job
 from tests.localcluster.__main__ import _running, cluster_dir
 from tests.localcluster.build import REPO_ROOT, ensure_helm
 from tests.localcluster.cluster import LocalCluster
 from tests.localcluster.realnode import POOLS
-from tests.localcluster.watch import describe
+from tests.waits import Stalled, wait_progress
 
 NAME = "demo"  # the local cluster's name (python -m tests.localcluster ... --name demo)
 RELEASE = "kubetune"
@@ -182,15 +186,6 @@ def prepare_volume(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([pv, pvc]))
 
 
-def progress_signature(cluster: LocalCluster) -> tuple[str, str]:
-    """(what changes while the job moves, what the demo is waiting for)."""
-    body = json.loads(cluster.kubectl("get", "finetunejob", JOB, "-n", JOB_NS, "-o", "json"))
-    pods = json.loads(
-        cluster.kubectl("get", "pods", "-n", JOB_NS, "-l", f"{c.LABEL_JOB}={JOB}", "-o", "json")
-    )["items"]
-    return describe(body, pods)
-
-
 def run_job(cluster: LocalCluster) -> int:
     say(f"kubectl apply -n {JOB_NS} -f examples/demo-lora.yaml")
     cluster.kubectl("apply", "-n", JOB_NS, "-f", str(EXAMPLE))
@@ -200,26 +195,40 @@ def run_job(cluster: LocalCluster) -> int:
     watch = subprocess.Popen(
         [*kubetune, "status", JOB, "-n", JOB_NS, "--watch", "--interval", "2"], env=env
     )
-    # Follow the job as long as something moves; give up only after STALL_SECONDS of nothing.
-    last, changed, waiting = "", time.monotonic(), ""
-    while watch.poll() is None:
-        try:
-            sig, waiting = progress_signature(cluster)
-        except RuntimeError as e:  # the API server busy for a moment: not a stall
-            sig = last
-            waiting = f"{JOB} (reading it failed: {e})"
-        if sig != last:
-            last, changed = sig, time.monotonic()
-        elif time.monotonic() - changed > STALL_SECONDS:
-            watch.terminate()
-            watch.wait()
-            print(
-                f"nothing moved for {STALL_SECONDS:.0f}s while waiting for {waiting} to finish",
-                file=sys.stderr,
-            )
-            break
-        time.sleep(5)
-    rc = watch.wait()
+    # Follow the job as long as something moves (its status, its pods, their logs); give up
+    # only after STALL_SECONDS of nothing, saying what was seen last.
+    api = cluster.api_client()
+    moving = JobWatch(api, JOB_NS, JOB)
+    body: dict[str, Any] = {}
+
+    last: Hashable = None
+
+    def observe() -> Hashable:
+        nonlocal body, last
+        with contextlib.suppress(Exception):  # the API server busy a moment: not movement
+            body = get_job(api, JOB_NS, JOB)
+            last = moving.state(body)
+        return last
+
+    stalled = False
+    try:
+        wait_progress(
+            lambda: watch.poll() is not None,
+            observe,
+            f"{JOB_NS}/{JOB} to finish",
+            STALL_SECONDS,
+            describe=lambda _: f"status: {json.dumps(body.get('status'))}\npods: {moving.pods}",
+            poll=5.0,
+            limit=24 * 3600.0,
+        )
+    except Stalled as e:
+        watch.terminate()
+        stalled = True
+        print(e, file=sys.stderr)
+    finally:
+        api.close()
+    rc = 3 if stalled else watch.wait()
+    watch.wait()
     body = json.loads(cluster.kubectl("get", "finetunejob", JOB, "-n", JOB_NS, "-o", "json"))
     outputs = (body.get("status") or {}).get("output") or {}
     prefix = f"{c.PVC_ROOT}/{CLAIM}"

@@ -53,6 +53,7 @@ NAMESPACED = {("kubetune.io", "finetunejobs", v) for v in ("get", "list", "watch
     ("", "configmaps", "create"),
     ("", "services", "create"),
     ("", "persistentvolumeclaims", "create"),
+    ("", "persistentvolumeclaims", "get"),  # multi-node: the output claim must be RWX
     ("", "events", "create"),
 }
 CLUSTER = {
@@ -88,6 +89,26 @@ def test_template_renders_valid_objects(values: Path) -> None:
         assert d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
         cluster_scoped = d["kind"] in {"ClusterRole", "ClusterRoleBinding"}
         assert ("namespace" in d["metadata"]) != cluster_scoped, d["kind"]
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=CI_IDS)
+def test_no_key_appears_twice(values: Path) -> None:
+    """PyYAML keeps the last of two equal keys; kubectl kustomize, kubeconform -strict and
+    Argo CD/Flux builds refuse the document (tests/integration/test_gitops_health.py runs
+    them)."""
+    text = helm("template", "kt", str(CHART), "--namespace", NS, "-f", str(values))
+    twice = []
+    for node in yaml.compose_all(text):
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if isinstance(n, yaml.MappingNode):
+                keys = [k.value for k, _ in n.value]
+                twice += [(k, n.start_mark.line + 1) for k in set(keys) if keys.count(k) > 1]
+                stack += [v for _, v in n.value]
+            elif isinstance(n, yaml.SequenceNode):
+                stack += n.value
+    assert twice == []
 
 
 def test_every_ci_scenario_is_present() -> None:
@@ -298,6 +319,7 @@ def test_trainer_service_account_per_watched_namespace_without_rbac() -> None:
     assert sorted(d["metadata"]["namespace"] for d in sas) == ["team-a", "team-b"]
     for sa in sas:
         assert sa["automountServiceAccountToken"] is False
+        assert sa["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
     subjects = [
         s
         for b in find(docs, "RoleBinding") + find(docs, "ClusterRoleBinding")

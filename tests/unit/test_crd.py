@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def test_names_and_subresources() -> None:
     assert version["name"] == "v1alpha1"
     assert version["subresources"] == {"status": {}}
     columns = [col["name"] for col in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Method", "GPUs", "Progress", "Eval loss", "Age"]
+    assert columns == ["Phase", "Method", "GPUs", "Progress %", "Eval loss", "Age", "Message"]
 
 
 def test_every_field_has_a_description() -> None:
@@ -69,6 +70,42 @@ def test_structural_schema_rules() -> None:
             assert "maxLength" in s, path
         if s.get("type") == "array":
             assert "maxItems" in s, path
+
+
+def test_descriptions_have_no_line_breaks_inside_paragraphs() -> None:
+    """`kubectl explain` wraps descriptions itself: a docstring's own wrapping would print
+    sentences broken in two. Only paragraph breaks and list items keep their newline."""
+    broken = [
+        (path, s["description"])
+        for path, s in _walk(_schema())
+        if re.search(r"(?<!\n)\n(?![\n\-*]|\d+\. )", s.get("description", ""))
+    ]
+    assert broken == []
+
+
+def test_a_new_job_reads_as_not_yet_observed() -> None:
+    """The status default makes kstatus (Flux) read a job nobody has reconciled as
+    InProgress: observedGeneration 0 differs from every generation."""
+    assert _schema()["properties"]["status"]["default"] == {"observedGeneration": 0}
+
+
+def test_object_references_accept_dns_subdomains() -> None:
+    """Secret and claim names may have dots and 253 characters, as Kubernetes allows."""
+    from kubetune.api.spec import FineTuneJobSpec
+
+    name = "datasets.v2." + "a" * 240
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "model": {"hf": {"repo": "org/m", "tokenSecretRef": {"name": "hf.token"}}},
+            "dataset": {"train": {"pvc": {"claimName": name, "path": "t.jsonl"}}},
+        }
+    )
+    assert spec.dataset.train.pvc is not None and spec.dataset.train.pvc.claim_name == name
+    pvc = _schema()["properties"]["spec"]["properties"]["dataset"]["properties"]["train"]
+    claim = pvc["properties"]["pvc"]["properties"]["claimName"]
+    assert claim["maxLength"] == 253 and re.fullmatch(claim["pattern"][1:-1], name)
+    for bad in ("Upper", "-lead", "trail.", "a..b", "a" * 254):
+        assert not (len(bad) <= 253 and re.fullmatch(claim["pattern"][1:-1], bad)), bad
 
 
 def test_defaults_are_applied_by_the_server_where_possible() -> None:

@@ -10,7 +10,13 @@ import pytest
 
 from kubetune.api.spec import FieldMapping
 from kubetune_trainer.data.errors import BadInputError
-from kubetune_trainer.data.formats import Fields, RowError, detect_format, normalise
+from kubetune_trainer.data.formats import (
+    Fields,
+    RowError,
+    check_readable,
+    detect_format,
+    normalise,
+)
 from kubetune_trainer.data.sources import load_raw_urls
 
 DATA = Path(__file__).parents[1] / "fixtures" / "data"
@@ -35,6 +41,26 @@ def test_detects_every_format_from_real_files(name: str, fmt: str, tmp_path: Pat
 def test_undetectable_rows_name_their_keys() -> None:
     with pytest.raises(BadInputError, match=r"keys \[question, answer\]"):
         detect_format([json.dumps({"question": "q", "answer": "a"})], Fields())
+
+
+@pytest.mark.parametrize(
+    ("lines", "says"),
+    [
+        (b"hello world\nfoo bar\n", r"train.jsonl:1: line 1 is not valid JSON \(Expecting value"),
+        (b"\xff\xfe\n[1, 2]\n", r"train.jsonl:1: line 1 is invalid UTF-8"),
+        (b'[1, 2]\n"text"\n', r"train.jsonl:1: line 1 is not a JSON object \(got array\)"),
+    ],
+)
+def test_a_file_of_no_json_rows_names_its_first_line(
+    tmp_path: Path, lines: bytes, says: str
+) -> None:
+    """Before, such a file failed format detection with "rows have keys [none]"."""
+    (tmp_path / "train.jsonl").write_bytes(lines)
+    raw = load_raw_urls([str(tmp_path / "train.jsonl")], cache_dir=str(tmp_path / "c"))
+    with pytest.raises(BadInputError, match=says) as err:
+        check_readable(raw)
+    assert err.value.file == str(tmp_path / "train.jsonl") and err.value.line == 1
+    check_readable([*raw, {"file": "x", "line": 9, "raw": '{"text": "ok"}', "error": ""}])
 
 
 def test_sharegpt_multi_turn_with_system_becomes_messages() -> None:

@@ -60,16 +60,14 @@ PLAN = Plan.model_validate(
         "parameters": 8_000_000_000,
         "trainableParameters": 40_000_000,
         "predictedPeakGiB": 30.0,
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     }
-)
-PLACEMENT = manifests.Placement(
-    node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
 )
 
 
 def job_manifest() -> dict[str, Any]:
-    return manifests.trainer_job(JOB, spec(), PLAN, PLACEMENT, SETTINGS, attempt=2)
+    return manifests.trainer_job(JOB, spec(), PLAN, SETTINGS, attempt=2)
 
 
 def test_indexed_job_one_pod_per_node_gang_failed() -> None:
@@ -87,7 +85,7 @@ def test_kueue_label_carried_and_job_created_suspended() -> None:
     assert job["metadata"]["labels"][c.KUEUE_QUEUE_LABEL] == "gpu"
     assert job["spec"]["suspend"] is True
     plain = manifests.trainer_job(
-        manifests.JobMeta("tiny", "team-a", "u"), spec(), PLAN, PLACEMENT, SETTINGS, 1
+        manifests.JobMeta("tiny", "team-a", "u"), spec(), PLAN, SETTINGS, 1
     )
     assert plain["spec"]["suspend"] is False
 
@@ -105,7 +103,9 @@ def test_rendezvous_env_and_gpu_requests() -> None:
     assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "aws"}}]
 
 
-def test_placement_merges_pool_and_spec() -> None:
+def test_placement_comes_from_the_plan_merged_with_the_spec() -> None:
+    """The plan carries the pool's selector and tolerations: launching needs no pool
+    list, so a pool renamed or gone since planning cannot drop them."""
     pod = job_manifest()["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "zone": "a"}
     keys = [t["key"] for t in pod["tolerations"]]
@@ -142,10 +142,26 @@ def test_headless_service_publishes_not_ready() -> None:
 
 
 def test_output_claim_is_not_owned_so_outputs_survive_deletion() -> None:
-    pvc = manifests.output_claim(JOB, spec())
+    pvc = manifests.output_claim(JOB, spec(), PLAN)
     assert pvc is not None
     assert "ownerReferences" not in pvc["metadata"]
     assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+
+
+def test_multi_node_output_claim_is_read_write_many() -> None:
+    """Every node writes checkpoints (each rank its ZeRO shards) to the output claim: a
+    ReadWriteOnce claim would attach to the first node only and the job would hang."""
+    two_nodes = manifests.output_claim(JOB, spec(), PLAN)
+    one_node = manifests.output_claim(JOB, spec(), PLAN.model_copy(update={"nodes": 1}))
+    assert two_nodes is not None and one_node is not None
+    assert two_nodes["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert one_node["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_launch_objects_are_what_one_attempt_creates() -> None:
+    objs = manifests.launch_objects(JOB, spec(), PLAN, SETTINGS, attempt=2)
+    assert [o["kind"] for o in objs] == ["Service", "PersistentVolumeClaim", "ConfigMap", "Job"]
+    assert objs[-1] == job_manifest()
 
 
 def test_config_map_holds_a_valid_trainer_config() -> None:
@@ -167,3 +183,21 @@ def test_probe_pod_reads_only_the_model() -> None:
 
 def test_builders_are_deterministic() -> None:
     assert job_manifest() == job_manifest()
+
+
+def test_every_kubetune_env_var_on_a_trainer_pod_is_read_by_the_trainer() -> None:
+    """main set KUBETUNE_JOB_NAME, KUBETUNE_NAMESPACE, KUBETUNE_ATTEMPT and the progress
+    URL and token as env on every pod, and the trainer read them from its config instead."""
+    from pathlib import Path
+
+    trainer = Path(__file__).resolve().parents[2] / "trainer-image" / "kubetune_trainer"
+    source = "\n".join(p.read_text() for p in trainer.rglob("*.py"))
+    constants = {v: k for k, v in vars(c).items() if k.startswith("ENV_") and isinstance(v, str)}
+    container = job_manifest()["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == list(c.TRAINER_ENTRYPOINT)
+    assert container["args"] == list(c.TRAINER_LAUNCH_ARGS)
+    for env in container["env"]:
+        if env["name"].startswith("KUBETUNE_"):
+            name = constants.get(env["name"])
+            assert name is not None, f"{env['name']} is not a contract constant"
+            assert name in source, f"{env['name']} ({name}) is set but the trainer never reads it"

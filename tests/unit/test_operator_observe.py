@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kubetune.api.phases import Phase
 from kubetune.contract import ExitCode
 from kubetune.operator.conditions import set_condition, with_kstatus
 from kubetune.operator.observe import observe
@@ -73,8 +74,27 @@ def test_image_pull_backoff_is_stuck() -> None:
     assert (seen.state, seen.reason) == ("stuck", "ImagePullBackOff")
 
 
+def test_a_rank_killed_by_a_signal_says_so_not_its_last_log_line() -> None:
+    """A SIGKILLed trainer writes no summary; with FallbackToLogsOnError the message is
+    the log's tail (a loss dict), which the status used to show as the cause."""
+    tail = "{'loss': '1.467', 'grad_norm': '0.82', 'learning_rate': '0.0002', 'epoch': '0.4'}"
+    seen = observe(job(), [pod(0), pod(1, "Failed", **terminated(137, message=tail))])
+    assert seen.state == "failed" and seen.exit_code == ExitCode.RETRYABLE
+    assert seen.message == "pod tiny-a1-1 (rank 1) exited 137 (Error): killed by signal 9 (SIGKILL)"
+    # a summary, when the trainer wrote one, still wins over the exit code
+    summary = json.dumps({"exitCode": 6, "reason": "Preempted", "message": "SIGTERM at step 7"})
+    seen = observe(job(), [pod(0, "Failed", **terminated(143, message=summary))])
+    assert seen.message.endswith(": SIGTERM at step 7") and seen.reason == "Preempted"
+
+
 def test_success_reads_rank0_summary() -> None:
-    summary = json.dumps({"reason": "Completed", "step": 40, "checkpoint": "/o/ckpt-40"})
+    summary = json.dumps(
+        {
+            "reason": "Completed",
+            "step": 40,
+            "checkpoints": {"latest": "/o/ckpt-40", "latestStep": 40},
+        }
+    )
     seen = observe(
         job("Complete"),
         [pod(1, "Succeeded", **terminated(0)), pod(0, "Succeeded", **terminated(0, "", summary))],
@@ -116,13 +136,22 @@ def test_condition_transition_time_moves_only_on_change() -> None:
 
 def test_kstatus_trio() -> None:
     def state(phase: str) -> dict[str, str]:
-        conds = with_kstatus([], phase, "r", "m", 1, "t")
+        conds = with_kstatus([], Phase(phase), "r", "m", 1, "t")
         return {x["type"]: x["status"] for x in conds}
 
     assert state("Succeeded")["Ready"] == "True"
     assert state("Running")["Reconciling"] == "True"
     assert state("Failed")["Stalled"] == "True" and state("Failed")["Reconciling"] == "False"
     assert state("Suspended")["Suspended"] == "True"
+    # kstatus reads Ready=False as InProgress: a job suspended as asked is at rest.
+    assert state("Suspended")["Ready"] == "True" and state("Suspended")["Reconciling"] == "False"
+    for phase in Phase:
+        s = state(phase)
+        assert not (s["Reconciling"] == s["Stalled"] == "True"), phase
+    stalled = {
+        x["type"]: x["status"] for x in with_kstatus([], Phase.PENDING, "r", "m", 1, "t", True)
+    }
+    assert stalled["Stalled"] == "True" and stalled["Reconciling"] == "False"
 
 
 def test_merge_patch_only_changes_and_nulls_removed_keys() -> None:
@@ -132,38 +161,61 @@ def test_merge_patch_only_changes_and_nulls_removed_keys() -> None:
     assert merge_patch(new, new) == {}
 
 
-def test_termination_summary_becomes_a_valid_status() -> None:
-    from kubetune.api.status import FineTuneJobStatus
+def test_termination_summary_parts_reach_status_unchanged() -> None:
+    """The summary is typed with the status's models: what the trainer reports (a full
+    fine-tune's model, object-store and Hub copies, its forgetting verdict) is copied
+    as it is, never re-keyed or recomputed by the operator."""
+    from kubetune.api.status import (
+        CheckpointStatus,
+        EvalMetrics,
+        EvaluationStatus,
+        FineTuneJobStatus,
+        ForgettingStatus,
+        OutputStatus,
+        Progress,
+    )
     from kubetune.contract import TerminationSummary
     from kubetune.operator.reconcile import _apply_summary
 
-    summary = TerminationSummary.model_validate(
-        {
-            "reason": "Completed",
-            "step": 120,
-            "totalSteps": 120,
-            "metrics": {"train_loss": 0.4, "tokens_per_second": 3600.0},
-            "evaluation": {
-                "baseline": {"loss": 5.2, "perplexity": 180.0, "exact_match": 0.0},
-                "final": {"loss": 0.01, "perplexity": 1.01, "exact_match": 1.0, "rouge_l": 1.0},
-                "forgetting": {
-                    "baseline_perplexity": 40.0,
-                    "tuned_perplexity": 41.0,
-                    "increase_percent": 2.5,
-                    "limit_percent": 3.0,
-                },
-                "passed": True,
-            },
-            "checkpoint": "/out/checkpoints/checkpoint-120",
-            "output": {"adapter": "/out/adapter", "loss_curve": "/out/loss.png"},
-            "data": {"raw": 400, "train": 300},
-        }
+    summary = TerminationSummary(
+        reason="Completed",
+        step=120,
+        total_steps=120,
+        progress=Progress(step=120, loss=0.4, tokens_per_second=3600.0),
+        checkpoints=CheckpointStatus(latest="/out/checkpoints/checkpoint-120", latest_step=120),
+        evaluation=EvaluationStatus(
+            baseline=EvalMetrics(loss=5.2, perplexity=180.0, exact_match=0.0),
+            final=EvalMetrics(loss=0.01, perplexity=1.01, exact_match=1.0, rouge_l=1.0),
+            # The trainer's verdict, even where the figures alone would say otherwise.
+            forgetting=ForgettingStatus(
+                baseline_perplexity=40.0,
+                tuned_perplexity=41.0,
+                increase_percent=2.5,
+                limit_percent=3.0,
+                passed=False,
+            ),
+            passed=False,
+        ),
+        output=OutputStatus(
+            model="/out/model",
+            loss_curve="/out/loss.png",
+            object_store="s3://bucket/jobs/x",
+            hub="https://huggingface.co/acme/x",
+        ),
+        data={"raw": 400, "train": 300},
     )
-    st: dict[str, object] = {}
+    st: dict[str, object] = {"progress": {"step": 100, "updatedAt": "2026-01-01T00:00:00Z"}}
     _apply_summary(st, summary)
     status = FineTuneJobStatus.model_validate(st)
-    assert status.evaluation is not None and status.evaluation.forgetting is not None
-    assert status.evaluation.forgetting.passed is True
-    assert status.evaluation.final is not None and status.evaluation.final.rouge_l == 1.0
-    assert status.output is not None and status.output.loss_curve == "/out/loss.png"
+    assert status.output == summary.output
+    assert status.evaluation == summary.evaluation
+    assert status.checkpoints == summary.checkpoints
+    assert status.data == summary.data
+    assert st["output"] == {
+        "model": "/out/model",
+        "lossCurve": "/out/loss.png",
+        "objectStore": "s3://bucket/jobs/x",
+        "hub": "https://huggingface.co/acme/x",
+    }
     assert status.progress is not None and status.progress.percent == 100.0
+    assert status.progress.loss == 0.4 and status.progress.updated_at == "2026-01-01T00:00:00Z"

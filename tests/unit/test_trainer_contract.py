@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from kubetune.api.status import EvalMetrics, EvaluationStatus, OutputStatus, Progress
+from kubetune.capabilities import CAPABILITIES
 from kubetune.contract import ExitCode, ProgressReport, TerminationSummary
 from kubetune_trainer import checkpoints, evaluation, termination
 from kubetune_trainer.config import dump_config, load_config
@@ -93,13 +95,14 @@ def test_termination_summary_fits_4k_and_parses(
         exit_code=2,
         reason="BadInput",
         message="train.jsonl:3: bad row " + "x" * 10000,
-        metrics={f"m{i}": float(i) for i in range(300)},
-        evaluation={
-            "baseline": {f"k{i}": 0.5 for i in range(200)},
-            "passed": True,
-            "final": {"loss": float("nan")},
-        },
-        output={f"o{i}": "/very/long/path/" * 10 for i in range(50)},
+        progress=Progress(step=3, loss=float("nan")),
+        evaluation=EvaluationStatus(
+            baseline=EvalMetrics(loss=1.0, exact_match=0.5),
+            final=EvalMetrics(loss=float("nan")),
+            per_epoch=[EvalMetrics(loss=float(i), epoch=float(i)) for i in range(300)],
+            passed=True,
+        ),
+        output=OutputStatus(adapter="/out/adapter", report="/very/long/path/" * 10),
         data={f"d{i}": i for i in range(200)},
     )
     target = tmp_path / "termination-log"
@@ -110,10 +113,16 @@ def test_termination_summary_fits_4k_and_parses(
     parsed = TerminationSummary.model_validate_json(raw)
     assert parsed.exit_code == 2 and parsed.message.startswith("train.jsonl:3: bad row")
     assert termination.read_termination_log() == parsed
+    # the least needed parts went first; the output paths and the verdict stayed
+    assert not parsed.data and parsed.output == huge.output
+    assert parsed.evaluation is not None and parsed.evaluation.passed is True
+    assert parsed.evaluation.final is None or parsed.evaluation.final.loss is None
 
 
 def test_small_summary_is_unchanged() -> None:
-    s = TerminationSummary(exit_code=0, reason="Completed", metrics={"train_loss": 1.5})
+    s = TerminationSummary(
+        exit_code=0, reason="Completed", progress=Progress(step=3, loss=1.5), data={"train": 3}
+    )
     assert TerminationSummary.model_validate_json(termination.render(s)) == s
 
 
@@ -170,6 +179,40 @@ def test_progress_never_blocks_on_a_dead_endpoint() -> None:
     assert reporter.sent == 0
 
 
+def test_progress_callback_reports_the_last_loss_and_evaluating() -> None:
+    """The operator shows the report as status.message and turns `evaluating` into the
+    Evaluating phase; logs without a training loss (evaluation, end of run) keep the last."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from kubetune.api.phases import TrainerPhase
+    from kubetune_trainer.callbacks import ProgressCallback
+
+    class Sink:
+        reports: list[ProgressReport] = []
+
+        def submit(self, report: ProgressReport) -> None:
+            self.reports.append(report)
+
+    sink = Sink()
+    cb = ProgressCallback(sink, "ns", "j", attempt=2)  # type: ignore[arg-type]
+    state = TrainerState(max_steps=10)
+    args, control = TrainingArguments(output_dir="/tmp/unused"), TrainerControl()
+    cb.on_train_begin(args, state, control)
+    state.global_step = 5
+    cb.on_log(args, state, control, logs={"loss": 1.5})
+    state.global_step = 10
+    cb.on_log(args, state, control, logs={"eval_loss": 1.2})
+    cb.evaluating()
+    first, second, third = sink.reports
+    assert (first.loss, second.loss, third.loss) == (1.5, 1.5, 1.5)
+    assert [r.phase for r in sink.reports] == [
+        TrainerPhase.TRAINING,
+        TrainerPhase.TRAINING,
+        TrainerPhase.EVALUATING,
+    ]
+    assert third.step == 10 and third.attempt == 2
+
+
 # ------------------------------------------------------------------ distributed configs
 def test_world_from_env_and_plan() -> None:
     plan = make_plan("full", nodes=2, gpusPerNode=4)
@@ -216,9 +259,8 @@ def test_deepspeed_refuses_impossible_offload() -> None:
 
 # ------------------------------------------------------------------ methods
 def test_registry_covers_every_planned_method() -> None:
-    assert set(METHODS) == {"full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "ia3"}
-    assert get_method("lora").default_learning_rate == 2e-4
-    assert get_method("full").default_learning_rate == 2e-5
+    assert set(METHODS) == set(CAPABILITIES)
+    assert get_method("lora").capability.default_learning_rate == 2e-4
     with pytest.raises(BadInput, match="auto"):
         get_method("auto")
 
@@ -227,8 +269,12 @@ def test_registry_covers_every_planned_method() -> None:
     ("method", "plan", "needle"),
     [
         ("qlora", {"zeroStage": 2}, "ZeRO-2"),
-        ("qlora", {"zeroStage": 3}, "ZeRO-3"),
-        ("prompt-tuning", {"zeroStage": 3}, "ZeRO-3"),
+        ("qlora", {"zeroStage": 3, "offload": "optimizer"}, "offload"),
+        ("prompt-tuning", {"zeroStage": 2}, "ZeRO-2"),
+        ("lora", {"zeroStage": 3, "offload": "optimizer+parameters"}, "offload"),
+        ("full", {"zeroStage": 2, "offload": "optimizer+parameters"}, "needs ZeRO-3"),
+        ("full", {"offload": "optimizer"}, "needs DeepSpeed"),
+        ("prefix-tuning", {"gradientCheckpointing": True}, "recompute"),
     ],
 )
 def test_unsupported_combinations_are_bad_input(

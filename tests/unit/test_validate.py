@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.api.validate import validate_file
+from kubetune.api.validate import validate_file, validate_text
 from kubetune.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,3 +63,27 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[st
 
     monkeypatch.setattr("sys.stdin", io.StringIO(EXAMPLES[0].read_text()))
     assert main(["validate", "-"]) == 0
+
+
+YAML_BEYOND_DATA = [
+    # found by tests/unit/test_fuzz_validate.py: each raised out of `kubetune validate`
+    ("? [a, b]\n: 1\n", 1, "YAML error: found unhashable key"),
+    ("x: !!python/object:os.system ls\n", 1, "YAML error: could not determine a constructor"),
+    ("a: &loop [*loop]\n", 1, "document 1 contains itself through an alias"),
+    ("y: " + "[" * 2000 + "]" * 2000 + "\n", 1, "YAML nested too deeply to read"),
+    ("a: 1\n\x08b: 2\n", 2, "YAML syntax error: unacceptable character #x0008"),
+]
+
+
+@pytest.mark.parametrize(
+    ("head", "line", "says"),
+    YAML_BEYOND_DATA,
+    ids=["unhashable-key", "python-tag", "alias-loop", "deep-nesting", "control-character"],
+)
+def test_yaml_beyond_plain_data_is_a_problem_with_a_line_not_a_traceback(
+    head: str, line: int, says: str
+) -> None:
+    text = head + EXAMPLES[0].read_text()
+    problems = validate_text(text, "job.yaml").problems
+    assert len(problems) == 1 and problems[0].line == line, problems
+    assert str(problems[0]).startswith(f"job.yaml:{line}: {says}"), problems[0]

@@ -8,12 +8,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import SFTTrainer
 
+from kubetune.api.phases import TrainerPhase
 from kubetune.contract import ProgressReport
 
 from . import checkpoints
@@ -89,6 +91,19 @@ class NaNGuard(TrainerCallback):
             )
 
 
+class BaselineCallback(TrainerCallback):
+    """Scores the base model once the DeepSpeed engine exists, before the first step
+    (ZeRO-3: the engine gathers each layer as it runs; nothing gathers the whole model)."""
+
+    def __init__(self, score: Callable[[Any, bool], None]) -> None:
+        self.score = score
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.score(kwargs["model"], state.global_step > 0)
+
+
 class EpochCheckpoint(TrainerCallback):
     """Checkpoint at every epoch end in addition to every N steps."""
 
@@ -148,6 +163,14 @@ class ProgressCallback(TrainerCallback):
         self.start_tokens = 0
         self.tokens_per_second: float | None = None
         self.checkpoint: tuple[str, int] | None = None
+        self.last: ProgressReport | None = None
+        """The newest report (the run's final progress goes into its summary)."""
+
+    def evaluating(self) -> None:
+        """Training is over and the tuned model is being scored: the operator shows the
+        job as Evaluating, with the last training figures."""
+        last = self.last or ProgressReport(**self.ident)
+        self.reporter.submit(last.model_copy(update={"phase": TrainerPhase.EVALUATING}))
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -187,24 +210,25 @@ class ProgressCallback(TrainerCallback):
         if torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / 2**30
         loss = logs.get("loss")
-        self.reporter.submit(
-            ProgressReport(
-                **self.ident,
-                step=state.global_step,
-                total_steps=state.max_steps or None,
-                epoch=state.epoch,
-                loss=loss if loss is not None and math.isfinite(loss) else None,
-                learning_rate=logs.get("learning_rate"),
-                grad_norm=logs.get("grad_norm"),
-                tokens_per_second=self.tokens_per_second,
-                eta_seconds=eta,
-                percent=100.0 * state.global_step / state.max_steps if state.max_steps else None,
-                peak_memory_gi_b=peak,
-                checkpoint=self.checkpoint[0] if self.checkpoint else None,
-                checkpoint_step=self.checkpoint[1] if self.checkpoint else None,
-                phase="training",
-            )
+        if loss is None and self.last is not None:
+            loss = self.last.loss  # evaluation and end-of-run logs carry no training loss
+        self.last = ProgressReport(
+            **self.ident,
+            step=state.global_step,
+            total_steps=state.max_steps or None,
+            epoch=state.epoch,
+            loss=loss if loss is not None and math.isfinite(loss) else None,
+            learning_rate=logs.get("learning_rate"),
+            grad_norm=logs.get("grad_norm"),
+            tokens_per_second=self.tokens_per_second,
+            eta_seconds=eta,
+            percent=100.0 * state.global_step / state.max_steps if state.max_steps else None,
+            peak_memory_gi_b=peak,
+            checkpoint=self.checkpoint[0] if self.checkpoint else None,
+            checkpoint_step=self.checkpoint[1] if self.checkpoint else None,
+            phase=TrainerPhase.TRAINING,
         )
+        self.reporter.submit(self.last)
 
 
 class KubetuneSFTTrainer(SFTTrainer):

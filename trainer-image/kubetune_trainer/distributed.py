@@ -1,9 +1,10 @@
 """The process layout of a run and the accelerate / DeepSpeed configs written from the plan.
 
 One pod per node (Job completion index = NODE_RANK), one process per GPU. DeepSpeed
-is enabled through `TrainingArguments.deepspeed` (the Trainer builds the plugin), so the
-launch itself is always accelerate's torchrun path: the same command with and without
-ZeRO, on GPUs (NCCL) and on CPUs (gloo).
+is enabled through `TrainingArguments.deepspeed` with the config `deepspeed_config`
+derives from the plan (the recipe derives it itself, so no process can run without the
+ZeRO layout its plan names), and the launch is accelerate's torchrun path: the same
+command with and without ZeRO, on GPUs (NCCL) and on CPUs (gloo).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from kubetune import contract
 from kubetune.api.status import Plan
+from kubetune.capabilities import Capability, UnknownMethod, capability
 
 from .failures import BadInput, Retryable
 
@@ -35,6 +37,18 @@ class World:
     @property
     def total(self) -> int:
         return self.nnodes * self.nproc_per_node
+
+    def rendezvous_env(self) -> dict[str, str]:
+        """What torchrun would set for a world of one process: DeepSpeed joins a process
+        group even alone, and finds it through these."""
+        return {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_WORLD_SIZE": "1",
+            contract.ENV_MASTER_ADDR: "127.0.0.1",
+            contract.ENV_MASTER_PORT: str(self.master_port),
+        }
 
     @staticmethod
     def from_env(plan: Plan, env: dict[str, str] | None = None) -> World:
@@ -108,11 +122,40 @@ def wait_for_master(addr: str, timeout_s: float, poll_s: float = 2.0) -> float:
             time.sleep(min(poll_s, max(0.0, timeout_s - waited)))
 
 
-def mixed_precision(plan: Plan, cuda: bool) -> str:
-    """bf16/fp16 where the hardware runs them; fp32 on CPU."""
+def plan_capability(plan: Plan) -> Capability:
+    """The plan's method row; an unknown method is bad input (not this operator's config)."""
+    try:
+        return capability(plan.method)
+    except UnknownMethod as err:
+        raise BadInput(
+            f"plan.method: {err}; the operator resolves `auto` before launch, so this config"
+            " was not produced by a matching operator"
+        ) from None
+
+
+def training_precision(plan: Plan, cuda: bool, bf16: bool = True) -> str:
+    """bf16/fp16 as planned where the hardware runs them (fp16 on a GPU without bf16);
+    fp32 on CPU."""
     if not cuda:
-        return "no"
-    return {"bf16": "bf16", "fp16": "fp16"}.get(plan.precision, "no")
+        return "fp32"
+    if plan.precision == "bf16" and not bf16:
+        return "fp16"
+    return plan.precision if plan.precision in ("bf16", "fp16") else "fp32"
+
+
+def mixed_precision(plan: Plan, cuda: bool, bf16: bool = True) -> str:
+    """accelerate's and DeepSpeed's name for the training precision."""
+    return {"bf16": "bf16", "fp16": "fp16"}.get(training_precision(plan, cuda, bf16), "no")
+
+
+def load_dtype(plan: Plan, cuda: bool, bf16: bool = True) -> str:
+    """The dtype the base model loads in: fp32 master weights when every weight trains,
+    else the training precision (a frozen base needs no fp32 copy)."""
+    if plan_capability(plan).trains_base_weights:
+        return "float32"
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(
+        training_precision(plan, cuda, bf16), "float32"
+    )
 
 
 def accelerate_config(plan: Plan, world: World, cuda: bool) -> dict[str, Any]:
@@ -141,17 +184,11 @@ def deepspeed_config(plan: Plan, cuda: bool) -> dict[str, Any] | None:
     Batch sizes and learning-rate fields are "auto": the Trainer fills them from its
     arguments, so the two can never disagree.
     """
+    problem = plan_capability(plan).layout_problem(plan.zero_stage, plan.offload)
+    if problem is not None:
+        raise BadInput(f"plan.zeroStage {plan.zero_stage} / plan.offload {plan.offload}: {problem}")
     if plan.zero_stage == 0:
-        if plan.offload != "none":
-            raise BadInput("plan.offload needs DeepSpeed: set zeroStage 2 or 3, or offload none")
         return None
-    if plan.zero_stage not in (1, 2, 3):
-        raise BadInput(f"plan.zeroStage must be 0, 1, 2 or 3, got {plan.zero_stage}")
-    if plan.offload == "optimizer+parameters" and plan.zero_stage != 3:
-        raise BadInput(
-            f"parameter offload needs ZeRO-3 (plan has ZeRO-{plan.zero_stage});"
-            " offload only the optimizer or use zeroStage 3"
-        )
     zero: dict[str, Any] = {
         "stage": plan.zero_stage,
         "overlap_comm": True,

@@ -221,8 +221,3 @@ def overfitting(history: Sequence[dict[str, Any]], window: int) -> dict[str, Any
                 f" evaluations (up to step {step}); the best checkpoint is kept",
             }
     return None
-
-
-def as_status(metrics: dict[str, float]) -> dict[str, float]:
-    """Our metric names in the EvalMetrics wire form (loss, perplexity, exactMatch, rougeL)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}

@@ -55,7 +55,10 @@ def resolve(
     else:
         local = _from_store(model, Path(scratch) / "model", files)
     if not local.is_dir():
-        raise BadInput(f"{describe(model)}: no such directory ({local})")
+        where = describe(model)
+        raise BadInput(
+            f"{where}: no such directory" + (f" ({local})" if str(local) != where else "")
+        )
     return local
 
 
@@ -112,5 +115,5 @@ def _from_store(model: ModelSource, target: Path, files: list[str] | None) -> Pa
     store = model.s3 or model.gcs
     assert store is not None
     fs, root = storage.filesystem(store.uri)
-    with storage.errors(describe(model)):
+    with storage.errors(describe(model), store.uri):
         return storage.download_dir(fs, root, target, files)

@@ -3,6 +3,7 @@ template, model card, and copies to object stores or the Hugging Face Hub."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -57,13 +58,110 @@ def push_fsspec(local: Path, uri: str) -> str:
     root = root.rstrip("/")
     files = [p for p in sorted(local.rglob("*")) if p.is_file()]
     remote = [f"{root}/{p.relative_to(local).as_posix()}" for p in files]
-    with storage.errors(f"copying the outputs to {uri}"):
+    with storage.errors(f"copying the outputs to {uri}", uri):
         if not storage.is_object_store(fs):
             for parent in sorted({os.path.dirname(r) for r in remote}):
                 fs.makedirs(parent, exist_ok=True)
         if files:
             fs.put([str(p) for p in files], remote)  # one batch: concurrent on s3fs/gcsfs
     return uri
+
+
+WRITE_CHECK = ".kubetune-write-check"
+"""The object or file written and removed to prove a destination writable."""
+_USERS_TO_FIX = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
+)
+
+
+def check_destinations(spec: FineTuneJobSpec, root: Path) -> None:
+    """Prove every place the run writes to is writable, before anything expensive runs.
+
+    The output directory (checkpoints; on `output.pvc` when set) gets a file written and
+    removed, an object store an object, and the Hub a check of the push token. Otherwise a
+    wrong bucket or a read-only token would only show after hours of training. A refusal is
+    bad input naming the field and the place; a store or Hub that cannot be reached stays
+    retryable (`storage.translate`, `hub_failure`).
+    """
+    from . import storage
+
+    _check_directory(spec, root)
+    out = spec.output
+    if out is None:
+        return
+    for kind, store in (("s3", out.s3), ("gcs", out.gcs)):
+        if store is None:
+            continue
+        uri = storage.normalise(store.uri)
+        fs, prefix = storage.filesystem(uri)
+        probe = f"{prefix.rstrip('/')}/{WRITE_CHECK}"
+        with storage.errors(f"spec.output.{kind}: writing a test object to {uri}", uri):
+            if not storage.is_object_store(fs):
+                fs.makedirs(os.path.dirname(probe), exist_ok=True)
+            fs.pipe_file(probe, b"kubetune checks that the outputs can be written\n")
+        try:
+            with storage.errors(f"removing {WRITE_CHECK} from {uri}", uri):
+                fs.rm_file(probe)
+        except Exception as err:  # writing is what matters; a policy may deny deleting
+            log.warning("could not remove the write check object: %s", err)
+    if out.hf is not None:
+        _check_hub_token(spec)
+
+
+def _check_directory(spec: FineTuneJobSpec, root: Path) -> None:
+    from .failures import BadInput, Retryable
+
+    pvc = spec.output.pvc if spec.output else None
+    where = (
+        f"spec.output.pvc (claim {pvc.claim_name}, path {pvc.path or '/'})"
+        if pvc
+        else "the output directory"
+    )
+    probe = root / f"{WRITE_CHECK}-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"kubetune\n")
+        probe.unlink()
+    except OSError as err:
+        message = (
+            f"{where}: cannot write to {root} ({err.strerror or err}); checkpoints and outputs"
+            " go there"
+        )
+        if err.errno in _USERS_TO_FIX:
+            raise BadInput(message) from err
+        raise Retryable(message) from err
+
+
+def _check_hub_token(spec: FineTuneJobSpec) -> None:
+    """A push token that exists, that the Hub accepts, and that is not read-only."""
+    from huggingface_hub import HfApi
+
+    from .failures import BadInput
+    from .model_source import hub_failure
+
+    hf = spec.output.hf if spec.output else None
+    assert hf is not None
+    token = hub_push_token()
+    ref = hf.token_secret_ref
+    source = (
+        f"the token in Secret {ref.name!r} (key {ref.key!r}, spec.output.hf.tokenSecretRef)"
+        if ref
+        else "the token read with (spec.output.hf.tokenSecretRef is not set)"
+    )
+    if not token:
+        raise BadInput(
+            f"spec.output.hf: pushing to the Hub repo {hf.repo} needs a token that can write;"
+            " set spec.output.hf.tokenSecretRef"
+        )
+    try:
+        info = HfApi(token=token).whoami()
+    except Exception as err:
+        raise hub_failure(err, f"spec.output.hf: checking {source} for {hf.repo}") from err
+    role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise BadInput(
+            f"spec.output.hf: {source} is read-only; pushing to {hf.repo} needs a write token"
+        )
 
 
 def hub_push_token() -> str | None:

@@ -1,19 +1,34 @@
 """The compact result the kubelet hands the operator: a JSON TerminationSummary < 4 KiB.
 
 The kubelet truncates the termination log at 4 KiB, and truncated JSON does not parse, so
-we shrink the summary ourselves: long message first, then the biggest maps, then lists.
+we shrink the summary ourselves: long message first, then the least needed parts (data
+counts, per-epoch figures, progress), never the output paths unless nothing else is left.
+Non-finite numbers (a NaN loss) are left out: JSON cannot carry them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 from kubetune import contract
 from kubetune.contract import TerminationSummary
 
 LIMIT = contract.TERMINATION_MESSAGE_LIMIT
+# What goes first when the summary is too big, least needed first (wire names).
+DROP_ORDER: tuple[tuple[str, ...], ...] = (
+    ("data",),
+    ("evaluation", "perEpoch"),
+    ("progress",),
+    ("evaluation", "baseline"),
+    ("evaluation", "final"),
+    ("checkpoints",),
+    ("evaluation",),
+    ("output",),
+)
 
 
 def termination_log_path() -> Path:
@@ -21,34 +36,43 @@ def termination_log_path() -> Path:
     return Path(os.environ.get(contract.ENV_TERMINATION_LOG, contract.TERMINATION_LOG))
 
 
-def _encode(summary: TerminationSummary) -> bytes:
-    doc = summary.model_dump(by_alias=True, exclude_none=True, mode="json")
+def _finite(value: Any) -> Any:
+    """The document without non-finite floats (and the keys that held them)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items() if not _non_finite(v)}
+    if isinstance(value, list):
+        return [_finite(v) for v in value if not _non_finite(v)]
+    return value
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _finite(values: dict[str, float]) -> dict[str, float]:
-    return {k: round(float(v), 6) for k, v in values.items() if v == v and abs(v) != float("inf")}
-
-
 def render(summary: TerminationSummary, limit: int = LIMIT) -> bytes:
-    """The summary as JSON bytes, shrunk until it fits in `limit`."""
-    s = summary.model_copy(deep=True)
-    s.metrics = _finite(s.metrics)
-    s.evaluation = {k: _finite(v) if isinstance(v, dict) else v for k, v in s.evaluation.items()}
-    data = _encode(s)
+    """The summary as JSON bytes, shrunk until it fits in `limit` (and still parses)."""
+    doc: dict[str, Any] = _finite(summary.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    data = _encode(doc)
     if len(data) <= limit:
         return data
     # 1. the message: keep its start (where the file and line are) within 1 KiB.
-    if len(s.message) > 1024:
-        s.message = s.message[:1000] + " …(truncated)"
-    # 2. drop map entries from the biggest maps until it fits.
-    for field in ("data", "output", "metrics", "evaluation"):
-        while len(data := _encode(s)) > limit and getattr(s, field):
-            entries: dict = getattr(s, field)
-            entries.pop(next(reversed(entries)))
+    if len(doc.get("message", "")) > 1024:
+        doc["message"] = doc["message"][:1000] + " …(truncated)"
+    # 2. the least needed parts, in order.
+    for path in DROP_ORDER:
+        if len(data := _encode(doc)) <= limit:
+            break
+        parent = doc
+        for key in path[:-1]:
+            parent = parent.get(key) or {}
+        parent.pop(path[-1], None)
     # 3. last resort: shorten the message more.
-    while len(data := _encode(s)) > limit and len(s.message) > 40:
-        s.message = s.message[: len(s.message) // 2] + "…"
+    while len(data := _encode(doc)) > limit and len(doc.get("message", "")) > 40:
+        doc["message"] = doc["message"][: len(doc["message"]) // 2] + "…"
     return data
 
 

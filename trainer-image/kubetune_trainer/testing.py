@@ -14,8 +14,7 @@ import yaml
 from kubetune.api.finetunejob import FineTuneJob
 from kubetune.api.status import Plan
 from kubetune.api.trainer_config import JobRef, ProgressTarget, RuntimePaths, TrainerConfig
-
-from .methods import default_learning_rate
+from kubetune.capabilities import capability
 
 PLAN_DEFAULTS: dict[str, Any] = {
     "zeroStage": 0,
@@ -39,7 +38,7 @@ PLAN_DEFAULTS: dict[str, Any] = {
 def make_plan(method: str, **overrides: Any) -> Plan:
     """A Plan for `method`; overrides use the wire (camelCase) names."""
     doc = PLAN_DEFAULTS | {"method": method} | overrides
-    doc.setdefault("learningRate", default_learning_rate(method))
+    doc.setdefault("learningRate", capability(method).default_learning_rate)
     doc.setdefault("totalGPUs", doc["nodes"] * doc["gpusPerNode"])
     doc.setdefault(
         "globalBatchSize",

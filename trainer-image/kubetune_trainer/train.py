@@ -1,7 +1,7 @@
 """Fine-tune one FineTuneJob on this process's rank: `python -m kubetune_trainer train --config F`.
 
-The recipe reads top to bottom: validate (in __init__) → setup (seed, model files,
-tokenizer, data, model, baseline, trainer) → train (resuming from the newest complete
+The recipe reads top to bottom: validate (in __init__) → setup (outputs writable, seed,
+model files, tokenizer, data, model, baseline, trainer) → train (resuming from the newest complete
 checkpoint) → save (adapter or model, merged weights) → evaluate (tuned vs baseline,
 forgetting, overfitting, loss curve, report, model card) → publish (object store, Hub).
 Every exit, good or bad, leaves a TerminationSummary in the termination log.
@@ -19,19 +19,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.status import (
+    CheckpointStatus,
+    EvalMetrics,
+    EvaluationStatus,
+    ForgettingStatus,
+    OutputStatus,
+    Progress,
+)
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.contract import ExitCode, TerminationSummary
 
-from . import checkpoints, evaluation, outputs, plots
+from . import checkpoints, evaluation, outputs, plots, storage
 from .config import RunPaths, load_config
-from .distributed import Rank
+from .distributed import Rank, World, deepspeed_config, load_dtype, training_precision
 from .failures import BadInput, Preempted, classify
 from .methods import Hardware, get_method
 from .termination import write_termination_log
 
 log = logging.getLogger("kubetune_trainer.train")
-
-ENV_DEEPSPEED_CONFIG = "KUBETUNE_DEEPSPEED_CONFIG"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -103,34 +109,36 @@ class FineTuneRecipe:
         self.preemption = preemption
         self.rank = Rank.from_env()
         self.paths = RunPaths.of(config)
+        storage.use_credentials(self.spec.object_stores())
         cuda = torch.cuda.is_available()
         self.hardware = Hardware(cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported())
         # Validate before anything expensive: a bad combination fails in a second.
         self.method = get_method(self.plan.method)
+        self.capability = self.method.capability
         self.method.validate(self.spec, self.plan)
         if self.plan.micro_batch_size < 1 or self.plan.gradient_accumulation_steps < 1:
             raise BadInput("plan.microBatchSize and plan.gradientAccumulationSteps must be >= 1")
-        self.deepspeed = os.environ.get(ENV_DEEPSPEED_CONFIG) if self.plan.zero_stage else None
-        self.precision = self._precision()
+        # The ZeRO layout comes from the plan itself, never from how the process was
+        # started: a plan with ZeRO always trains under DeepSpeed.
+        self.deepspeed = deepspeed_config(self.plan, cuda)
+        if self.deepspeed and self.plan.total_gpus == 1 and "WORLD_SIZE" not in os.environ:
+            # `train` started by hand rather than by `launch`: DeepSpeed still needs a
+            # process group, of one.
+            os.environ.update(World.from_env(self.plan).rendezvous_env())
+        self.precision = training_precision(self.plan, cuda, self.hardware.bf16)
+        if self.precision != self.plan.precision and cuda:
+            log.warning(
+                "plan asks for %s; this GPU trains in %s", self.plan.precision, self.precision
+            )
         # Filled in as the run goes, for the report and the termination summary.
         self.data_report: dict[str, Any] | None = None
         self.baseline: dict[str, Any] | None = None
         self.final: dict[str, Any] | None = None
         self.evaluation: dict[str, Any] = {}
         self.train_metrics: dict[str, float] = {}
-        self.output: dict[str, str] = {}
+        self.output = OutputStatus()
         self.resumed_from: str | None = None
         self.trainer: Any = None
-
-    def _precision(self) -> str:
-        """bf16/fp16 as planned where the hardware has it; fp32 on CPU."""
-        wanted = self.plan.precision
-        if not self.hardware.cuda:
-            return "fp32"
-        if wanted == "bf16" and not self.hardware.bf16:
-            log.warning("plan asks for bf16 but this GPU has none; training in fp16")
-            return "fp16"
-        return wanted if wanted in ("bf16", "fp16") else "fp32"
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -138,9 +146,13 @@ class FineTuneRecipe:
         from accelerate import PartialState
         from transformers import AutoTokenizer, set_seed
 
-        # 1. Seed python, numpy and torch (the Trainer reseeds its data order from it).
+        # 1. Every output destination writable: a wrong bucket or a read-only token fails
+        #    now, not after hours of training (the operator already checked what it can).
+        if self.rank.is_main:
+            outputs.check_destinations(self.spec, self.paths.root)
+        # 2. Seed python, numpy and torch (the Trainer reseeds its data order from it).
         set_seed(self.spec.training.seed)
-        # 2. Training arguments; building them joins the process group (gloo on CPU,
+        # 3. Training arguments; building them joins the process group (gloo on CPU,
         #    NCCL on GPU), after which ranks can wait for each other.
         self.args = self._training_args()
         self.state = PartialState()
@@ -153,7 +165,7 @@ class FineTuneRecipe:
             import deepspeed
 
             deepspeed.init_distributed(dist_backend="gloo")
-        # 3. Base model files, and the tokenizer from them.
+        # 4. Base model files, and the tokenizer from them.
         from .models import resolve_model_dir
 
         with self.state.local_main_process_first():
@@ -166,13 +178,13 @@ class FineTuneRecipe:
             )
         except (OSError, ValueError) as err:
             raise BadInput(f"cannot load the tokenizer from {self.model_dir}: {err}") from err
-        # 4. Data: the pipeline runs once per node; the other ranks load its output.
+        # 5. Data: the pipeline runs once per node; the other ranks load its output.
         self.splits = self._prepare_data()
-        # 5. The model, loaded the way the method needs (4-bit for QLoRA), SDPA attention.
+        # 6. The model, loaded the way the method needs (4-bit for QLoRA), SDPA attention.
         self.model = self._load_model()
-        # 6. The base model's scores (before any adapter), kept across resumes.
+        # 7. The base model's scores (before any adapter), kept across resumes.
         self._baseline()
-        # 7. The Trainer, wrapping the model in the method's PEFT config.
+        # 8. The Trainer, wrapping the model in the method's PEFT config.
         self.trainer = self._build_trainer()
 
     def _prepare_data(self) -> Any:
@@ -182,7 +194,7 @@ class FineTuneRecipe:
 
         out = Path(self.config.paths.scratch_dir, "data")
         spec = self.spec
-        if spec.training.packing and not self.method.supports_packing:
+        if spec.training.packing and not self.capability.packing:
             log.info("method %s prepends virtual tokens: preparing unpacked rows", spec.method)
             spec = spec.model_copy(deep=True)
             spec.training.packing = False
@@ -212,11 +224,9 @@ class FineTuneRecipe:
         import torch
         from transformers import AutoModelForCausalLM
 
-        dtype = torch.float32
-        if not self.method.trains_base_weights and self.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        kwargs = self.method.load_kwargs(self.spec, self.hardware)
-        if self.method.quantized and self.hardware.cuda:
+        dtype = getattr(torch, load_dtype(self.plan, self.hardware.cuda, self.hardware.bf16))
+        kwargs = self.method.load_kwargs(self.spec, self.hardware, dtype, self.zero3)
+        if self.capability.quantised_base and self.hardware.cuda:
             kwargs["device_map"] = {"": self.rank.local_rank}
         try:
             model = AutoModelForCausalLM.from_pretrained(
@@ -228,7 +238,7 @@ class FineTuneRecipe:
             )
         except (OSError, ValueError) as err:
             raise BadInput(f"cannot load the model from {self.model_dir}: {err}") from err
-        return self.method.prepare_model(model, self.gradient_checkpointing)
+        return self.method.prepare_model(model, self.gradient_checkpointing, self.zero3)
 
     @property
     def zero3(self) -> bool:
@@ -239,24 +249,43 @@ class FineTuneRecipe:
         ev = self.spec.evaluation
         if not ev.compare_baseline:
             return
-        if not self.zero3:
-            if self.state.is_main_process:
-                self._score_baseline()
+        if self.zero3:
+            # zero.Init loaded the weights as shards, and gathering them whole on every
+            # rank is exactly what ZeRO-3 cannot afford: the baseline is scored when training
+            # begins (`sharded_baseline`), through the engine, which gathers a layer at a time.
             return
-        # zero.Init loaded the weights as shards and no engine gathers them yet: every rank
-        # joins the gather, rank 0 scores the whole model.
-        import deepspeed
+        if self.state.is_main_process:
+            self._score_baseline(self.model)
 
-        with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+    def sharded_baseline(self, model: Any, resumed: bool) -> None:
+        """The baseline under ZeRO-3, at the start of training: every rank scores the same
+        rows in step (the engine's gathers are collectives), rank 0 keeps the result. PEFT
+        adapters are switched off, so this is the base model's score."""
+        import contextlib
+
+        import torch.distributed as dist
+
+        known = [self.paths.baseline.is_file() if self.state.is_main_process else False]
+        dist.broadcast_object_list(known, src=0)  # every rank takes the same branch
+        if known[0]:
             if self.state.is_main_process:
-                self._score_baseline()
+                self._score_baseline(model)  # reads the earlier attempt's file
+            return
+        peft = hasattr(model, "disable_adapter")
+        if resumed and not peft:
+            log.warning("resumed before a baseline was saved: the base model's scores are lost")
+            return
+        with model.disable_adapter() if peft else contextlib.nullcontext():
+            self._score_baseline(model, synced=True)
 
-    def _score_baseline(self) -> None:
+    def _score_baseline(self, model: Any, synced: bool = False) -> None:
         if self.paths.baseline.is_file():  # a resumed attempt: the base model has not changed
             self.baseline = json.loads(self.paths.baseline.read_text())
             return
         started = time.monotonic()
-        scores = self._score(self.model)
+        scores = self._score(model, synced)
+        if not self.state.is_main_process:
+            return
         self.baseline = {
             "metrics": scores.metrics,
             "samples": scores.samples,
@@ -283,9 +312,7 @@ class FineTuneRecipe:
         from trl import SFTConfig
 
         t, ev = self.spec.training, self.spec.evaluation
-        self.gradient_checkpointing = (
-            self.plan.gradient_checkpointing and self.method.supports_gradient_checkpointing
-        )
+        self.gradient_checkpointing = self.plan.gradient_checkpointing
         every = t.checkpoint.every_steps
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.paths.tensorboard)
         return SFTConfig(
@@ -329,6 +356,7 @@ class FineTuneRecipe:
 
     def _build_trainer(self) -> Any:
         from .callbacks import (
+            BaselineCallback,
             EarlyStopping,
             EpochCheckpoint,
             KubetuneSFTTrainer,
@@ -355,6 +383,8 @@ class FineTuneRecipe:
             self.reporter, self.config.job.namespace, self.config.job.name, self.config.job.attempt
         )
         callbacks: list[Any] = [NaNGuard(), PreemptionCallback(self.preemption), self.progress]
+        if self.zero3 and self.spec.evaluation.compare_baseline:
+            callbacks.append(BaselineCallback(self.sharded_baseline))
         if every:
             callbacks.append(EpochCheckpoint())
         self.early_stopping = None
@@ -406,13 +436,16 @@ class FineTuneRecipe:
 
     # ------------------------------------------------------------------ save
     def save(self) -> None:
-        full = self.method.trains_base_weights
+        full = self.capability.trains_base_weights
         target = self.paths.model if full else self.paths.adapter
         self.trainer.save_model(str(target))  # every rank: ZeRO-3 gathers the weights
         if not self.state.is_main_process:
             return
         outputs.save_tokenizer(self.tokenizer, target, self.chat_template)
-        self.output["adapter" if not full else "model"] = str(target)
+        if full:
+            self.output.model = str(target)
+        else:
+            self.output.adapter = str(target)
         if self.spec.output and self.spec.output.merge_adapter and not full:
             outputs.merge_adapter(
                 self.model_dir,
@@ -421,10 +454,12 @@ class FineTuneRecipe:
                 self.paths.merged,
                 self.spec.model.trust_remote_code,
             )
-            self.output["merged"] = str(self.paths.merged)
+            self.output.merged = str(self.paths.merged)
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self) -> None:
+        if self.state.is_main_process:
+            self.progress.evaluating()
         # Under ZeRO-3 the engine gathers each layer's shards as it runs, a collective:
         # every rank scores the same rows in step, rank 0 keeps the result.
         if not self.state.is_main_process and not self.zero3:
@@ -463,9 +498,9 @@ class FineTuneRecipe:
         )
         curve = plots.loss_curve(history, self.paths.loss_curve, self.config.job.name)
         if curve:
-            self.output["lossCurve"] = str(curve)
-        self.output["report"] = str(self.paths.report)
-        self.output["dataReport"] = str(self.paths.data_report)
+            self.output.loss_curve = str(curve)
+        self.output.report = str(self.paths.report)
+        self.output.data_report = str(self.paths.data_report)
         outputs.write_json(self.paths.report, self.report())
         card = outputs.model_card(
             self.spec,
@@ -475,10 +510,10 @@ class FineTuneRecipe:
             self.config.job.name,
         )
         self.paths.model_card.write_text(card)
-        for folder in ("adapter", "model", "merged"):
-            if folder in self.output:
-                (Path(self.output[folder]) / "README.md").write_text(card)
-        self.output["modelCard"] = str(self.paths.model_card)
+        for folder in (self.output.adapter, self.output.model, self.output.merged):
+            if folder is not None:
+                (Path(folder) / "README.md").write_text(card)
+        self.output.model_card = str(self.paths.model_card)
 
     def report(self) -> dict[str, Any]:
         """The full report (report.json): everything the summary had to leave out."""
@@ -499,7 +534,7 @@ class FineTuneRecipe:
             "logHistory": state.log_history if state else [],
             "checkpoints": [str(c.path) for c in checkpoints.list_complete(self.paths.checkpoints)],
             "bestCheckpoint": state.best_model_checkpoint if state else None,
-            "output": self.output,
+            "output": self.output.to_k8s(),
         }
 
     # ------------------------------------------------------------------ publish
@@ -529,10 +564,10 @@ class FineTuneRecipe:
             shutil.copyfile(f, staging / f.name)
         for store in (out.s3, out.gcs):
             if store is not None:
-                self.output["objectStore"] = outputs.push_fsspec(staging, store.uri)
+                self.output.object_store = outputs.push_fsspec(staging, store.uri)
         if out.hf is not None:
             pushed = self.paths.merged if self.paths.merged.is_dir() else finals[0]
-            self.output["hub"] = outputs.push_hub(
+            self.output.hub = outputs.push_hub(
                 pushed,
                 out.hf.repo,
                 out.hf.revision,
@@ -547,41 +582,51 @@ class FineTuneRecipe:
             reporter.close()
 
     def summary(self, code: int, reason: str, message: str) -> TerminationSummary:
-        """The compact result for the termination log (termination.render fits it)."""
+        """The compact result for the termination log, in the status's own types: the
+        operator copies it into status unchanged (termination.render fits it in 4 KiB)."""
         state = self.trainer.state if self.trainer else None
         latest = checkpoints.latest(self.paths.checkpoints)
+        best = state.best_model_checkpoint if state else None
         counts = (self.data_report or {}).get("counts", {})
-        evaluation_: dict[str, Any] = {}
-        for key in ("baseline", "final"):
-            if isinstance(self.evaluation.get(key), dict):
-                evaluation_[key] = self.evaluation[key]
-        if isinstance(self.evaluation.get("forgetting"), dict):
-            f = self.evaluation["forgetting"]
-            evaluation_["forgetting"] = {k: float(v) for k, v in f.items() if k != "passed"}
-        if "passed" in self.evaluation:
-            evaluation_["passed"] = self.evaluation["passed"]
-        metrics = {
-            k: v
-            for k, v in self.train_metrics.items()
-            if k
-            in (
-                "train_loss",
-                "train_runtime",
-                "tokens_per_second",
-                "train_samples_per_second",
-                "epoch",
-            )
-        }
         return TerminationSummary(
             exit_code=code,
             reason=reason,
             message=message,
             step=state.global_step if state else None,
             total_steps=state.max_steps if state else None,
-            metrics=metrics,
-            evaluation=evaluation_,
-            checkpoint=str(latest.path) if latest else None,
-            best_checkpoint=state.best_model_checkpoint if state else None,
-            output=self.output,
+            progress=self._final_progress(code == ExitCode.OK),
+            checkpoints=CheckpointStatus(
+                latest=str(latest.path),
+                latest_step=latest.step,
+                best=best,
+                best_metric=state.best_metric if state and best else None,
+            )
+            if latest
+            else None,
+            evaluation=self._evaluation_status(),
+            output=self.output if self.output.to_k8s() else None,
             data={k: int(v) for k, v in counts.items() if isinstance(v, int)},
+        )
+
+    def _final_progress(self, completed: bool) -> Progress | None:
+        """The last progress report's figures; a completed run is at 100 %."""
+        last = getattr(getattr(self, "progress", None), "last", None)
+        if last is None:
+            return None
+        final = last.progress()
+        if completed:
+            final.percent, final.eta_seconds = 100.0, 0.0
+        return final
+
+    def _evaluation_status(self) -> EvaluationStatus | None:
+        """Baseline vs tuned, the forgetting verdict and the gate, as status shows them."""
+        ev = self.evaluation
+        if not ev:
+            return None
+        forgetting = ev.get("forgetting")
+        return EvaluationStatus(
+            baseline=EvalMetrics.model_validate(ev["baseline"]) if ev.get("baseline") else None,
+            final=EvalMetrics.model_validate(ev["final"]) if ev.get("final") else None,
+            forgetting=ForgettingStatus.model_validate(forgetting) if forgetting else None,
+            passed=ev.get("passed"),
         )

@@ -24,8 +24,17 @@
 {{/* Labels on every object. Note: not app.kubernetes.io/managed-by=kubetune, which marks
 the operator's own children (trainer pods). */}}
 {{- define "kubetune.labels" -}}
+{{ include "kubetune.commonLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The labels of every object but its component: objects of another component (the
+trainers' ServiceAccounts) add their own, and a key must not appear twice (kubeconform
+-strict and kustomize refuse duplicate keys; YAML parsers that accept them keep one). */}}
+{{- define "kubetune.commonLabels" -}}
 helm.sh/chart: {{ include "kubetune.chart" . }}
-{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: kubetune
@@ -107,6 +116,10 @@ operator/kubetune/operator/kube.py (its only API calls) and kopf's watches. */}}
 - apiGroups: [""]
   resources: [configmaps, services, persistentvolumeclaims]
   verbs: [create]
+# A multi-node job's output claim must be ReadWriteMany: its access modes are read first.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
 # Events on FineTuneJobs (kubectl describe).
 - apiGroups: [""]
   resources: [events]

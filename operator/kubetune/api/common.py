@@ -12,8 +12,11 @@ from .base import ApiModel, with_cel
 # Kubernetes resource quantity, as `resource.Quantity` parses it (e.g. "16Gi", "500m", "1e3").
 QUANTITY_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?\d+))?$"
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=64)]
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-Name = Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=63)]
+# An object name as Kubernetes validates Secret, PersistentVolumeClaim, PriorityClass and
+# StorageClass names: an RFC 1123 DNS subdomain (dots allowed, up to 253 characters), so
+# `hf.token` and `datasets.v2` are valid references.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+Name = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, min_length=1, max_length=253)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 

@@ -8,12 +8,22 @@ into a Kubernetes structural OpenAPI v3 schema. A test regenerates it and fails 
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from typing import Any
 
 import yaml
 
-from .constants import CATEGORIES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from .constants import (
+    CATEGORIES,
+    GROUP,
+    KIND,
+    MAX_NAME_LENGTH,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+)
 from .spec import FineTuneJobSpec
 from .status import FineTuneJobStatus
 
@@ -25,10 +35,22 @@ PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Method", "type": "string", "jsonPath": ".status.plan.method"},
     {"name": "GPUs", "type": "integer", "jsonPath": ".status.plan.totalGPUs"},
-    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent"},
+    {
+        "name": "Progress %",
+        "type": "number",
+        "jsonPath": ".status.progress.percent",
+        "description": "Percentage of the optimizer steps done",
+    },
     {"name": "Eval loss", "type": "number", "jsonPath": ".status.evaluation.final.loss"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # `kubectl get -o wide`: step, loss and ETA while training, else the latest news.
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
 ]
+# A job the operator has not seen yet reads `status: {observedGeneration: 0}` (the API
+# server applies this default on every read), so kstatus (Flux) says InProgress
+# ("generation is 1, but latest observed generation is 0") instead of Current, and Argo
+# CD's health check says Progressing.
+STATUS_DEFAULT = {"observedGeneration": 0}
 
 # Bounds keep CEL cost estimates finite (the API server refuses unbounded rules).
 DEFAULT_MAX_LENGTH = 4096
@@ -62,6 +84,8 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         return _resolve(node, defs)
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    if isinstance(node.get("description"), str):
+        node["description"] = unwrap(node["description"])
     additional = node.get("additionalProperties")
     out: dict[str, Any] = {}
     for key, value in node.items():
@@ -85,6 +109,16 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         out["type"] = "string"
     _bound(out)
     return out
+
+
+_BREAK = re.compile(r"(?<!\n)\n(?!\n|\s*(?:[-*] |\d+\. ))")
+
+
+def unwrap(text: str) -> str:
+    """Docstrings are wrapped at 100 columns; `kubectl explain` wraps again, so a kept line
+    break prints a sentence broken in two. Joins the lines of each paragraph (blank lines
+    and list items keep their breaks)."""
+    return re.sub(r"[ \t]*" + _BREAK.pattern + r"[ \t]*", " ", text.strip())
 
 
 def _bound(schema: dict[str, Any]) -> None:
@@ -125,7 +159,7 @@ def immutability_rule() -> dict[str, str]:
 
 def openapi_schema() -> dict[str, Any]:
     spec = _schema(FineTuneJobSpec)
-    status = _schema(FineTuneJobStatus)
+    status = {**_schema(FineTuneJobStatus), "default": STATUS_DEFAULT}
     return {
         "type": "object",
         "description": "FineTuneJob fine-tunes a language model on your data; kubetune plans"
@@ -139,18 +173,30 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "kubetune.io/v1alpha1",
             },
             "kind": {"type": "string", "maxLength": 64, "description": "FineTuneJob"},
-            # The API server allows nothing but `type` here.
-            "metadata": {"type": "object"},
+            # The API server allows only rules on metadata.name and generateName here. On
+            # the field itself, the error names `metadata.name`, as `kubetune validate` does.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "description": "The job's name; its child objects add suffixes to it.",
+                        "maxLength": 253,
+                        "x-kubernetes-validations": [
+                            {
+                                "rule": f"size(self) <= {MAX_NAME_LENGTH}",
+                                "message": f"must be at most {MAX_NAME_LENGTH} characters"
+                                " (child objects append suffixes)",
+                            }
+                        ],
+                    }
+                },
+            },
             "spec": spec,
             "status": status,
         },
         "x-kubernetes-validations": [
             immutability_rule(),
-            {
-                "rule": "size(self.metadata.name) <= 48",
-                "message": "metadata.name must be at most 48 characters (child objects append"
-                " suffixes)",
-            },
         ],
     }
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
+from ..capabilities import CAPABILITIES, UNMERGEABLE
 from .base import ApiModel, with_cel
 from .common import (
     URI_RULES,
@@ -66,6 +67,10 @@ class Architecture(ApiModel):
     """Mixture-of-experts: experts per layer."""
     num_experts_per_token: Annotated[int, Field(gt=0)] | None = None
     """Mixture-of-experts: experts routed per token."""
+    moe_intermediate_size: Annotated[int, Field(gt=0)] | None = None
+    """Mixture-of-experts: each expert's MLP width, when it differs from intermediateSize."""
+    shared_expert_intermediate_size: Annotated[int, Field(gt=0)] | None = None
+    """Mixture-of-experts: the always-active shared expert's MLP width (Qwen-MoE)."""
     model_type: Annotated[str, StringConstraints(max_length=64)] | None = None
     """`model_type` from config.json (e.g. `llama`), used to resolve `all-linear` targets."""
 
@@ -269,7 +274,7 @@ class TrainingSpec(ApiModel):
     epochs: Annotated[float, Field(gt=0, le=100)] = 3
     """Passes over the training data."""
     learning_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
-    """Peak learning rate; default 2e-4 for LoRA/QLoRA, 2e-5 for full, 3e-2 for prompt tuning."""
+    """Peak learning rate; unset takes the method's default (docs/planner.md, Methods)."""
     lr_scheduler: Literal[
         "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts"
     ] = "cosine"
@@ -377,7 +382,9 @@ class ResourcesSpec(ApiModel):
     gpu_type: Annotated[str, StringConstraints(min_length=1, max_length=128)] = Field(
         default="auto", alias="gpuType"
     )
-    """GPU product from the node pools (e.g. `H100-80GB`), or `auto` for the cheapest fit."""
+    """The GPU to use, or `auto` for the cheapest fit: a pool's GPU product name
+    (`NVIDIA-L4`), a short form of it that starts with the model (`L4`, `H100-80GB`; case
+    and `NVIDIA-` do not matter, and `L4` never means `L40S`), or a pool's name."""
     min_gpus: Annotated[int, Field(ge=1, le=4096)] = Field(default=1, alias="minGPUs")
     """Fewest GPUs to use in total."""
     max_gpus: Annotated[int, Field(ge=1, le=4096)] | None = Field(default=None, alias="maxGPUs")
@@ -462,10 +469,11 @@ class OutputSpec(ApiModel):
         return self
 
 
-VIRTUAL_TOKEN_METHODS = ("prompt-tuning", "prefix-tuning")
+VIRTUAL_TOKEN_METHODS = UNMERGEABLE
+_MERGEABLE = [n for n, c in CAPABILITIES.items() if c.mergeable and not c.trains_base_weights]
 MERGE_VIRTUAL_TOKENS = (
-    "output.mergeAdapter needs an adapter that merges into the weights (lora, qlora, ia3):"
-    " prompt-tuning and prefix-tuning add virtual tokens, which have no merged form"
+    f"output.mergeAdapter needs an adapter that merges into the weights ({', '.join(_MERGEABLE)}):"
+    f" {' and '.join(UNMERGEABLE)} add virtual tokens, which have no merged form"
 )
 """Refused up front: PEFT's merge_and_unload only exists for weight adapters, and finding
 out after training would fail the job at its very end."""
@@ -530,7 +538,8 @@ class FineTuneJobSpec(ApiModel):
         },
         {
             "rule": "!has(self.output) || !has(self.output.mergeAdapter)"
-            " || !self.output.mergeAdapter || !(self.method in ['prompt-tuning', 'prefix-tuning'])",
+            " || !self.output.mergeAdapter || !(self.method in"
+            f" {list(UNMERGEABLE)})",
             "message": MERGE_VIRTUAL_TOKENS,
             "fieldPath": ".output.mergeAdapter",
         },

@@ -6,35 +6,21 @@ stable contract shared with `kubetune plan -o json` and the trainer config.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field
 
 from .base import ApiModel
-
-Phase = Literal[
-    "Pending", "Planning", "Queued", "Running", "Evaluating", "Succeeded", "Failed", "Suspended"
-]
-ConditionType = Literal[
-    "Valid",
-    "Planned",
-    "Launched",
-    "Running",
-    "Succeeded",
-    "Failed",
-    "Suspended",
-    "EvaluationPassed",
-    "Ready",
-    "Reconciling",
-    "Stalled",
-]
+from .phases import Phase
+from .spec import Architecture, Toleration
 
 
 class Condition(ApiModel):
     """A condition in the Kubernetes convention (metav1.Condition)."""
 
     type: str
-    """Condition type, e.g. Planned."""
+    """Condition type, e.g. Planned (see `ConditionType`)."""
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: str = ""
@@ -71,6 +57,11 @@ class Plan(ApiModel):
     """DeepSpeed CPU offload."""
     pool: str
     """Node pool chosen."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """The chosen pool's node labels: the trainer pods select them (with
+    spec.resources.nodeSelector), so launching needs no second look at the pools."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations for the chosen pool's taints (with spec.resources.tolerations)."""
     gpu_type: str = Field(alias="gpuType")
     """GPU product of that pool."""
     gpu_memory_gi_b: float = Field(alias="gpuMemoryGiB")
@@ -97,6 +88,9 @@ class Plan(ApiModel):
     """Tokens per sequence."""
     parameters: int
     """Total parameters of the base model."""
+    architecture: Architecture | None = None
+    """The model shape planned from (config.json or spec.model.architecture); a re-plan
+    (after running out of memory) starts from it."""
     trainable_parameters: int
     """Parameters that receive gradients."""
     predicted_peak_gi_b: float = Field(alias="predictedPeakGiB")
@@ -115,6 +109,11 @@ class Plan(ApiModel):
     """The field's rules of thumb that apply to this job."""
     alternatives: list[Alternative] = Field(default_factory=list)
     """What was rejected and why."""
+    dataset_rows: int | None = None
+    """Training examples counted before planning (a lower bound when counting stopped
+    early); unset when unknown. `auto` and the small-data warnings use it."""
+    dataset_tokens: int | None = None
+    """Training tokens estimated before planning (characters / 4), when known."""
 
 
 class Progress(ApiModel):
@@ -142,6 +141,32 @@ class Progress(ApiModel):
     """Measured peak GPU memory per GPU, GiB (compare with plan.predictedPeakGiB)."""
     updated_at: str | None = None
     """When rank 0 last reported (RFC 3339)."""
+
+
+def duration_text(seconds: float | None) -> str:
+    """`2m10s`, `1h05m`; `-` when unknown."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def progress_parts(progress: Mapping[str, Any]) -> list[str]:
+    """`step 40/120 (33%)`, `loss 1.23`, `812 tok/s`, `ETA 2m10s` from a status.progress
+    (wire form), leaving out what is unknown. `status.message` joins them while the job
+    runs (what Argo CD and kstatus show), and `kubetune status` prints them."""
+    total = progress.get("totalSteps")
+    step = f"step {progress.get('step', 0)}" + (f"/{total}" if total else "")
+    if progress.get("percent") is not None:
+        step += f" ({progress['percent']:.0f}%)"
+    parts = [step]
+    if progress.get("loss") is not None:
+        parts.append(f"loss {progress['loss']:.4g}")
+    if progress.get("tokensPerSecond") is not None:
+        parts.append(f"{progress['tokensPerSecond']:.0f} tok/s")
+    if progress.get("etaSeconds") is not None:
+        parts.append(f"ETA {duration_text(progress['etaSeconds'])}")
+    return parts
 
 
 class CheckpointStatus(ApiModel):
@@ -208,9 +233,11 @@ class OutputStatus(ApiModel):
     """Where the results are."""
 
     adapter: str | None = None
-    """Adapter (or full model) directory."""
+    """Adapter directory (parameter-efficient methods)."""
+    model: str | None = None
+    """Model directory (full fine-tuning)."""
     merged: str | None = None
-    """Merged model directory."""
+    """Merged model directory (output.mergeAdapter)."""
     report: str | None = None
     """Training report JSON."""
     data_report: str | None = None
@@ -219,8 +246,10 @@ class OutputStatus(ApiModel):
     """Loss curve PNG."""
     model_card: str | None = None
     """README.md model card."""
-    uris: list[str] = Field(default_factory=list)
-    """Copies pushed to object stores or the Hub."""
+    object_store: str | None = None
+    """The copy of the final outputs in S3 or GCS (its URI)."""
+    hub: str | None = None
+    """The Hugging Face Hub repository the model was pushed to (its URL)."""
 
 
 class FineTuneJobStatus(ApiModel):
@@ -229,7 +258,7 @@ class FineTuneJobStatus(ApiModel):
     phase: Phase | None = None
     """Pending, Planning, Queued, Running, Evaluating, Succeeded, Failed or Suspended."""
     message: str | None = None
-    """One line on the current state."""
+    """One line on the current state; while training: step, loss, speed and ETA."""
     conditions: list[Condition] = Field(default_factory=list)
     """Valid, Planned, Launched, Running, Succeeded, Failed, Suspended, EvaluationPassed,
     and the kstatus trio Ready/Reconciling/Stalled."""

@@ -147,8 +147,23 @@ def problems_from_error(exc: ValidationError, prefix: tuple[int | str, ...] = ()
                 close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
                 if close:
                     msg += f" (did you mean {close[0]}?)"
+        elif err["type"] == "value_error":
+            loc += _rule_field(loc, msg)
         problems.append(Problem(path=_path(loc), message=msg))
     return problems
+
+
+def _rule_field(loc: tuple[int | str, ...], message: str) -> tuple[str, ...]:
+    """Where the API server reports a model-level rule: its CEL rule's `fieldPath` (e.g.
+    `.qlora` under `spec`), found by the message the Python validator shares with it."""
+    model = _model_at(loc)
+    extra: Any = model.model_config.get("json_schema_extra") if model is not None else None
+    rules: list[dict[str, str]] = (extra or {}).get("x-kubernetes-validations", [])
+    for rule in rules:
+        path = rule.get("fieldPath")
+        if path and message.startswith(rule["message"]):
+            return tuple(p for p in path.split(".") if p)
+    return ()
 
 
 # --------------------------------------------------------------------------- YAML with lines
@@ -204,49 +219,119 @@ def validate_text(text: str, filename: str = "<stdin>") -> Result:
     problems: list[Problem] = []
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        what = getattr(exc, "problem", None) or str(exc)
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids: no mark, a position
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character
+        shown = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+        what = f"unacceptable character {shown} ({exc.reason})"
         return Result([], [Problem("", f"YAML syntax error: {what}", filename, line)])
+    except yaml.YAMLError as exc:
+        return Result([], [_yaml_problem("YAML syntax error", exc, filename)])
+    except RecursionError:
+        deep = Problem("", "YAML nested too deeply to read", filename, _too_deep(text))
+        return Result([], [deep])
     found = 0
     for index, node in enumerate(nodes):
         if node is None:
             continue
-        doc = yaml.SafeLoader(text).construct_document(node)
-        if not isinstance(doc, dict):
+        loop = _alias_loop(node)
+        if loop is not None:
             problems.append(
                 Problem(
-                    "", f"document {index + 1} is not a mapping", filename, node.start_mark.line + 1
+                    "",
+                    f"document {index + 1} contains itself through an alias (*anchor inside"
+                    " &anchor); a manifest is a tree",
+                    filename,
+                    loop.start_mark.line + 1,
                 )
             )
             continue
-        if doc.get("kind") != KIND:
-            if doc.get("apiVersion") == API_VERSION:
-                problems.append(
-                    Problem(
-                        "kind",
-                        f"must be {KIND}, got {_show(doc.get('kind'))}",
-                        filename,
-                        _line_of(node, ("kind",)),
-                    )
-                )
-            continue
-        found += 1
-        dup = list(_duplicate_keys(node))
-        problems.extend(Problem(p.path, p.message, filename, p.line) for p in dup)
         try:
-            job = FineTuneJob.model_validate(doc)
-        except ValidationError as exc:
-            for p in problems_from_error(exc):
-                loc = tuple(int(x) if x.isdigit() else x for x in _split(p.path))
-                problems.append(Problem(p.path, p.message, filename, _line_of(node, loc)))
+            doc = yaml.SafeLoader(text).construct_document(node)
+            job, found_here, more = _check_document(doc, node, index, filename)
+        except yaml.YAMLError as exc:  # an unhashable key, a tag such as !!python/object
+            problems.append(_yaml_problem("YAML error", exc, filename))
             continue
-        if not dup:
+        except RecursionError:
+            line = _too_deep(text) or node.start_mark.line + 1
+            problems.append(Problem("", "YAML nested too deeply to read", filename, line))
+            continue
+        found += found_here
+        problems += more
+        if job is not None:
             jobs.append(job)
     if found == 0 and not problems:
         problems.append(Problem("", f"no {KIND} ({API_VERSION}) document found", filename, None))
     return Result(jobs, problems)
+
+
+def _check_document(
+    doc: Any, node: yaml.Node, index: int, filename: str
+) -> tuple[FineTuneJob | None, int, list[Problem]]:
+    """(the job, 1 if the document is a FineTuneJob, its problems) for one document."""
+    problems: list[Problem] = []
+    if not isinstance(doc, dict):
+        line = node.start_mark.line + 1
+        problems.append(Problem("", f"document {index + 1} is not a mapping", filename, line))
+        return None, 0, problems
+    if doc.get("kind") != KIND:
+        if doc.get("apiVersion") == API_VERSION:
+            problems.append(
+                Problem(
+                    "kind",
+                    f"must be {KIND}, got {_show(doc.get('kind'))}",
+                    filename,
+                    _line_of(node, ("kind",)),
+                )
+            )
+        return None, 0, problems
+    dup = list(_duplicate_keys(node))
+    problems.extend(Problem(p.path, p.message, filename, p.line) for p in dup)
+    try:
+        job = FineTuneJob.model_validate(doc)
+    except ValidationError as exc:
+        for p in problems_from_error(exc):
+            loc = tuple(int(x) if x.isdigit() else x for x in _split(p.path))
+            problems.append(Problem(p.path, p.message, filename, _line_of(node, loc)))
+        return None, 1, problems
+    return (None if dup else job), 1, problems
+
+
+def _too_deep(text: str, depth: int = 100) -> int | None:
+    """The line where flow brackets first nest `depth` deep, if any (a hint for the
+    message, not a parse: brackets inside quotes count too)."""
+    level = 0
+    for i, char in enumerate(text):
+        level += 1 if char in "[{" else -1 if char in "]}" else 0
+        if level >= depth:
+            return text.count("\n", 0, i) + 1
+    return None
+
+
+def _yaml_problem(kind: str, exc: yaml.YAMLError, filename: str) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    what = getattr(exc, "problem", None) or str(exc)
+    return Problem("", f"{kind}: {what}", filename, line)
+
+
+def _alias_loop(root: yaml.Node) -> yaml.Node | None:
+    """The node at which the document contains itself (`&a [*a]`), if it does: constructing
+    or validating such a document would recurse forever. Iterative: manifests may be deep."""
+    stack: list[tuple[yaml.Node, frozenset[int]]] = [(root, frozenset())]
+    while stack:
+        node, above = stack.pop()
+        if id(node) in above:
+            return node
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            continue
+        inner = above | {id(node)}
+        stack.extend((child, inner) for child in children)
+    return None
 
 
 def _split(path: str) -> list[str]:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from kubetune import __version__
 
+from .plan import add_plan_parser
+from .render import add_render_parser
 from .status import add_status_parsers
 from .validate import add_validate_parser
 
@@ -20,12 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_validate_parser(sub)
     add_status_parsers(sub)
-    try:
-        from .plan import add_plan_parser
-    except ImportError:  # the planner arrives with issue 4
-        pass
-    else:
-        add_plan_parser(sub)
+    add_plan_parser(sub)
+    add_render_parser(sub)
     return parser
 
 

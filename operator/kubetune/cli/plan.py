@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from kubetune.api import FineTuneJob, Plan
+
+if TYPE_CHECKING:
+    from kubetune.planner import Arch, NodePool
 
 
 def add_plan_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +28,13 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
         " GPUs and batch split, with the predicted memory per GPU. Exit code 2 when"
         " nothing fits.",
     )
+    add_planning_args(p)
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.set_defaults(func=plan_command)
+
+
+def add_planning_args(p: argparse.ArgumentParser) -> None:
+    """What planning needs, for `plan` and `render` alike."""
     p.add_argument("job", metavar="JOB", help="YAML file holding a FineTuneJob")
     p.add_argument(
         "--pools",
@@ -41,12 +52,16 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="training examples, when known (enables the full-fine-tuning and small-data rules)",
     )
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
-    p.set_defaults(func=plan_command)
+    p.add_argument(
+        "--dataset-tokens",
+        type=int,
+        metavar="N",
+        help="training tokens, when known (shown with the dataset size in the plan)",
+    )
 
 
-def _fail(msg: str) -> int:
-    print(f"kubetune plan: {msg}", file=sys.stderr)
+def _fail(msg: str, command: str = "plan") -> int:
+    print(f"kubetune {command}: {msg}", file=sys.stderr)
     return 2
 
 
@@ -58,11 +73,24 @@ def _load_job(path: str) -> FineTuneJob:
     raise ValueError(f"{path}: no FineTuneJob document")
 
 
-def plan_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Planned:
+    """A job file planned offline, as the operator would plan it."""
+
+    job: FineTuneJob
+    arch: Arch
+    pools: list[NodePool]
+    plan: Plan
+
+
+def plan_job(args: argparse.Namespace, command: str = "plan") -> Planned | int:
+    """Load the job, model shape and pools named by `args` and plan; an exit code (2, with
+    the reason on stderr) when an input is missing or nothing fits."""
     from pydantic import ValidationError
 
     from kubetune.planner import (
         ArchitectureError,
+        DatasetSize,
         PlanRefused,
         PoolConfigError,
         default_pools,
@@ -76,7 +104,7 @@ def plan_command(args: argparse.Namespace) -> int:
         job = _load_job(args.job)
     except (OSError, ValueError, yaml.YAMLError) as err:  # ValidationError is a ValueError
         detail = str(err) if not isinstance(err, ValidationError) else f"invalid job: {err}"
-        return _fail(detail)
+        return _fail(detail, command)
     spec = job.spec
     name = job.metadata.name or "job"
     try:
@@ -87,26 +115,41 @@ def plan_command(args: argparse.Namespace) -> int:
         else:
             return _fail(
                 "the model's shape is unknown: pass --model-config config.json or set"
-                " spec.model.architecture"
+                " spec.model.architecture",
+                command,
             )
         pools = load_pools(args.pools) if args.pools else default_pools()
     except (ArchitectureError, PoolConfigError) as err:
-        return _fail(str(err))
+        return _fail(str(err), command)
+    size = (
+        DatasetSize(rows=args.dataset_size, tokens=args.dataset_tokens)
+        if args.dataset_size is not None
+        else None
+    )
     try:
-        result = plan(spec, arch, pools, dataset_size=args.dataset_size)
+        result = plan(spec, arch, pools, dataset_size=size)
     except PlanRefused as refused:
-        print(f"kubetune plan: {name}: refused: {refused.reason}", file=sys.stderr)
+        print(f"kubetune {command}: {name}: refused: {refused.reason}", file=sys.stderr)
         for alt in refused.alternatives:
             where = f"{alt.pool} " if alt.pool else ""
             print(f"  - {alt.method} {where}: {alt.reason}", file=sys.stderr)
         return 2
+    return Planned(job, arch, pools, result)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    planned = plan_job(args)
+    if isinstance(planned, int):
+        return planned
+    result = planned.plan
     if args.output == "json":
         print(json.dumps(result.to_k8s(), indent=2))
     elif args.output == "yaml":
         print(yaml.safe_dump(result.to_k8s(), sort_keys=False), end="")
     else:
         source = args.pools or "the built-in pool catalog (pass --pools for yours)"
-        print(render_table(name, arch.describe(), source, result))
+        name = planned.job.metadata.name or "job"
+        print(render_table(name, planned.arch.describe(), source, result))
     return 0
 
 

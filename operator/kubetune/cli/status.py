@@ -9,8 +9,8 @@ from typing import Any
 
 from kubetune import contract as c
 from kubetune.api import GROUP, PLURAL, VERSION
-
-FINAL = ("Succeeded", "Failed")
+from kubetune.api.phases import FINAL_PHASES, Phase
+from kubetune.api.status import progress_parts
 
 
 def add_status_parsers(sub: argparse._SubParsersAction) -> None:
@@ -28,13 +28,6 @@ def add_status_parsers(sub: argparse._SubParsersAction) -> None:
     lg.set_defaults(func=logs_command)
 
 
-def _fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def _num(v: Any, fmt: str = ".4g") -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -42,16 +35,9 @@ def _num(v: Any, fmt: str = ".4g") -> str:
 def progress_line(status: dict[str, Any]) -> str:
     """`phase  step 40/120 (33%)  loss 1.23  812 tok/s  ETA 2m10s` in one line."""
     p = status.get("progress") or {}
-    parts = [f"{status.get('phase') or 'Pending':<10}"]
+    parts = [f"{status.get('phase') or Phase.PENDING:<10}"]
     if p:
-        total = p.get("totalSteps")
-        step = f"step {p.get('step', 0)}" + (f"/{total}" if total else "")
-        if p.get("percent") is not None:
-            step += f" ({p['percent']:.0f}%)"
-        parts += [step, f"loss {_num(p.get('loss'))}"]
-        if p.get("tokensPerSecond") is not None:
-            parts.append(f"{p['tokensPerSecond']:.0f} tok/s")
-        parts.append(f"ETA {_fmt_seconds(p.get('etaSeconds'))}")
+        parts += progress_parts(p)
     elif status.get("message"):
         parts.append(str(status["message"]))
     return "  ".join(parts)
@@ -61,7 +47,7 @@ def render_status(body: dict[str, Any]) -> str:
     """The whole status as a readable report."""
     meta, st = body["metadata"], body.get("status") or {}
     lines = [f"FineTuneJob {meta['namespace']}/{meta['name']}"]
-    lines.append(f"  Phase:     {st.get('phase') or 'Pending'}  ({st.get('message') or ''})")
+    lines.append(f"  Phase:     {st.get('phase') or Phase.PENDING}  ({st.get('message') or ''})")
     plan = st.get("plan")
     if plan:
         lines.append(
@@ -139,7 +125,7 @@ def status_command(args: argparse.Namespace) -> int:
         body = _get(api, ns, args.name)
         if args.watch:
             start, last = time.monotonic(), ""
-            while (body.get("status") or {}).get("phase") not in FINAL:
+            while (body.get("status") or {}).get("phase") not in FINAL_PHASES:
                 line = progress_line(body.get("status") or {})
                 if line != last:
                     print(f"[{time.monotonic() - start:6.0f}s] {line}", flush=True)
@@ -153,7 +139,7 @@ def status_command(args: argparse.Namespace) -> int:
         print(f"cannot read finetunejob {ns}/{args.name}: {exc.reason}", file=sys.stderr)
         return 1
     print(render_status(body))
-    return 0 if (body.get("status") or {}).get("phase") != "Failed" else 1
+    return 0 if (body.get("status") or {}).get("phase") != Phase.FAILED else 1
 
 
 def logs_command(args: argparse.Namespace) -> int:

@@ -95,6 +95,19 @@ class Kube:
                 return None
             raise
 
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.requests += 1
+        try:
+            return _load(
+                self.core.read_namespaced_persistent_volume_claim(
+                    name, namespace, _preload_content=False
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         self.requests += 1
         resp = self.core.list_namespaced_pod(

@@ -1,7 +1,9 @@
 """Pure builders for the objects a FineTuneJob owns: dicts in, dicts out, no I/O.
 
-Everything here is derived from (job metadata, spec, plan, pool, settings, attempt), so
-reconciling twice builds the same objects and creation is idempotent by name.
+Everything here is derived from (job metadata, spec, plan, settings, attempt), so
+reconciling twice builds the same objects and creation is idempotent by name. The plan
+carries everything placement needs (the pool's selector and tolerations), so
+`launch_objects` is what the operator creates and what `kubetune render` prints.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import yaml
 
 from kubetune import contract as c
 from kubetune.api import API_VERSION, KIND
-from kubetune.api.spec import FineTuneJobSpec
+from kubetune.api.spec import DataSource, FineTuneJobSpec, ModelSpec
 from kubetune.api.status import Plan
 from kubetune.api.trainer_config import JobRef, ProgressTarget, RuntimePaths, TrainerConfig
 
@@ -23,7 +25,6 @@ from . import naming
 from .settings import Settings
 
 TRAINER_CONTAINER = "trainer"
-TRAINER_COMMAND = ["python", "-m", "kubetune_trainer"]
 GCS_SECRET_ROOT = "/var/run/secrets/kubetune-gcs"
 GCS_KEY_FILE = "key.json"
 
@@ -56,6 +57,11 @@ class Placement:
 
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, plan: Plan) -> Placement:
+        """The placement the plan recorded when it chose the pool."""
+        return cls(dict(plan.node_selector), [t.to_k8s() for t in plan.tolerations])
 
 
 def owner_reference(job: JobMeta) -> dict[str, Any]:
@@ -192,7 +198,16 @@ def headless_service(job: JobMeta, settings: Settings) -> dict[str, Any]:
     }
 
 
-def output_claim(job: JobMeta, spec: FineTuneJobSpec) -> dict[str, Any] | None:
+SHARED_ACCESS = "ReadWriteMany"
+
+
+def output_access_modes(plan: Plan) -> list[str]:
+    """One node writes through ReadWriteOnce; several nodes all write checkpoints (every
+    rank its ZeRO shards) to the same claim, which only ReadWriteMany allows."""
+    return [SHARED_ACCESS] if plan.nodes > 1 else ["ReadWriteOnce"]
+
+
+def output_claim(job: JobMeta, spec: FineTuneJobSpec, plan: Plan) -> dict[str, Any] | None:
     """The output PVC when the spec asks kubetune to create it.
 
     Deliberately NOT owned by the FineTuneJob: deleting the job must never delete the
@@ -210,7 +225,7 @@ def output_claim(job: JobMeta, spec: FineTuneJobSpec) -> dict[str, Any] | None:
             "labels": labels(job, None, "output"),
         },
         "spec": {
-            "accessModes": ["ReadWriteOnce"],
+            "accessModes": output_access_modes(plan),
             "resources": {"requests": {"storage": pvc.size}},
         },
     }
@@ -224,9 +239,6 @@ def _env(job: JobMeta, plan: Plan, settings: Settings, attempt: int) -> list[dic
     index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     env: list[dict[str, Any]] = [
         {"name": c.ENV_CONFIG, "value": posixpath.join(c.CONFIG_DIR, c.CONFIG_FILE)},
-        {"name": c.ENV_JOB_NAME, "value": job.name},
-        {"name": c.ENV_NAMESPACE, "value": job.namespace},
-        {"name": c.ENV_ATTEMPT, "value": str(attempt)},
         {"name": c.ENV_PVC_ROOT, "value": c.PVC_ROOT},
         {
             "name": c.ENV_MASTER_ADDR,
@@ -240,11 +252,6 @@ def _env(job: JobMeta, plan: Plan, settings: Settings, attempt: int) -> list[dic
         {"name": "HF_HOME", "value": posixpath.join(c.SCRATCH_DIR, "hf")},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    if settings.progress_url:
-        env += [
-            {"name": c.ENV_PROGRESS_URL, "value": progress_endpoint(settings)},
-            {"name": c.ENV_PROGRESS_TOKEN, "value": posixpath.join(c.TOKEN_DIR, c.TOKEN_FILE)},
-        ]
     return env
 
 
@@ -349,7 +356,7 @@ def _trainer_image_container(
         "name": name,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": TRAINER_COMMAND,
+        "command": list(c.TRAINER_ENTRYPOINT),
         "args": args,
         "env": env,
         "resources": resources,
@@ -364,12 +371,7 @@ def _trainer_image_container(
 
 
 def trainer_job(
-    job: JobMeta,
-    spec: FineTuneJobSpec,
-    plan: Plan,
-    placement: Placement,
-    settings: Settings,
-    attempt: int,
+    job: JobMeta, spec: FineTuneJobSpec, plan: Plan, settings: Settings, attempt: int
 ) -> dict[str, Any]:
     """One attempt's Indexed Job: one pod per node, gang-failed as a whole.
 
@@ -378,6 +380,7 @@ def trainer_job(
     """
     env_creds, s3, gcs = _credentials(spec)
     volumes, mounts = _volumes(job, spec, settings, attempt, gcs)
+    placement = Placement.of(plan)
     resources: dict[str, Any] = {"limits": {}, "requests": {}}
     if plan.gpus_per_node > 0:
         resources["limits"]["nvidia.com/gpu"] = str(plan.gpus_per_node)
@@ -389,7 +392,7 @@ def trainer_job(
         resources["limits"]["memory"] = spec.resources.memory
     container = _trainer_image_container(
         TRAINER_CONTAINER,
-        ["launch", "--config", posixpath.join(c.CONFIG_DIR, c.CONFIG_FILE)],
+        list(c.TRAINER_LAUNCH_ARGS),
         _env(job, plan, settings, attempt) + env_creds,
         {k: v for k, v in resources.items() if v},
         mounts,
@@ -444,26 +447,48 @@ def trainer_job(
     }
 
 
+def launch_objects(
+    job: JobMeta, spec: FineTuneJobSpec, plan: Plan, settings: Settings, attempt: int
+) -> list[dict[str, Any]]:
+    """Everything one attempt's launch creates, in creation order: the rendezvous Service,
+    the output claim (when the spec sizes one), the trainer config, the Job."""
+    objects = [headless_service(job, settings)]
+    claim = output_claim(job, spec, plan)
+    if claim is not None:
+        objects.append(claim)
+    objects.append(config_map(job, spec, plan, settings, attempt))
+    objects.append(trainer_job(job, spec, plan, settings, attempt))
+    return objects
+
+
 # --------------------------------------------------------------------------- probe
 def model_probe(job: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> dict[str, Any]:
-    """A short CPU pod that reads the model's config.json where it lives (PVC, S3, GCS,
-    Hub, image) with the trainer's own credentials, and returns it as its termination
-    message. The operator itself then needs no access to Secrets or storage."""
+    """A short CPU pod that reads what planning needs where it lives, with the trainer's
+    own credentials, and returns it as its termination message: the model's config.json
+    (PVC, S3, GCS, Hub, image) unless the spec gives the architecture, and a count of the
+    training data. The operator itself then needs no access to Secrets or storage."""
     env_creds, s3, gcs = _credentials(spec)
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    if spec.model.pvc is not None:
-        claim = spec.model.pvc.claim_name
+    read_config = spec.model.architecture is None
+    sources: list[ModelSpec | DataSource] = [spec.dataset.train]
+    if read_config:
+        sources.append(spec.model)
+    probed = sorted({src.pvc.claim_name for src in sources if src.pvc is not None})
+    for i, claim in enumerate(probed):
         volumes.append(
-            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+            {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
         mounts.append(
-            {"name": "model", "mountPath": posixpath.join(c.PVC_ROOT, claim), "readOnly": True}
+            {"name": f"pvc-{i}", "mountPath": posixpath.join(c.PVC_ROOT, claim), "readOnly": True}
         )
     _mount_gcs_secrets(gcs, volumes, mounts)
+    args = ["inspect-model", "--dataset", json.dumps(spec.dataset.to_k8s())]
+    if read_config:
+        args += ["--model", json.dumps(spec.model.to_k8s())]
     container = _trainer_image_container(
         "probe",
-        ["inspect-model", "--model", json.dumps(spec.model.to_k8s())],
+        args,
         [
             {"name": c.ENV_PVC_ROOT, "value": c.PVC_ROOT},
             {"name": "HOME", "value": "/tmp"},

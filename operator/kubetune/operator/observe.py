@@ -13,14 +13,14 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from kubetune.contract import ExitCode, TerminationSummary, classify_exit
+from kubetune.contract import ExitCode, TerminationSummary, classify_exit, killed_by
 
 State = Literal[
     "absent",  # no workload for this attempt
     "queued",  # the Job is suspended (Kueue holds it)
     "pending",  # pods created, not all running yet
     "stuck",  # pods cannot start: unschedulable, image pull errors
-    "running",
+    "running",  # every pod running (or already finished, the Job not yet Complete)
     "succeeded",
     "failed",
 ]
@@ -44,6 +44,7 @@ class Observation:
     summary: TerminationSummary | None = None
     """Rank 0's termination message, on success or failure."""
     stuck_since: datetime | None = None
+    """Since when the scheduler has failed to place the pod, or Kueue has held the Job."""
     running_pods: int = 0
     pods: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -92,15 +93,21 @@ def _waiting(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _unschedulable(pod: dict[str, Any]) -> str | None:
+def _unschedulable(pod: dict[str, Any]) -> dict[str, Any] | None:
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if (
             cond.get("type") == "PodScheduled"
             and cond.get("status") == "False"
             and cond.get("reason") == "Unschedulable"
         ):
-            return str(cond.get("message") or "unschedulable")
+            return dict(cond)
     return None
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 def _failure(pods: list[dict[str, Any]]) -> Observation | None:
@@ -126,9 +133,13 @@ def _failure(pods: list[dict[str, Any]]) -> Observation | None:
         summary = parse_summary((term or {}).get("message"))
         kind = ExitCode.OOM if reason == "OOMKilled" else classify_exit(code)
         msg = summary.message if summary and summary.message else (term or {}).get("message", "")
+        # Killed without a summary: the message is the log's tail, not the cause.
+        killed = killed_by(code) if summary is None else None
         name = pod["metadata"]["name"]
         text = f"pod {name} (rank {_index(pod)}) exited {code} ({reason})"
-        if msg:
+        if killed:
+            text += f": {killed}"
+        elif msg:
             text += f": {str(msg).strip().splitlines()[-1][:300]}"
         failed.append(
             Observation(
@@ -176,7 +187,13 @@ def _classify(job: dict[str, Any], pods: list[dict[str, Any]], running: int) -> 
             else ExitCode.ERROR,
         )
     if (job.get("spec") or {}).get("suspend"):
-        return Observation("queued", "Queued", "waiting for admission (Kueue)")
+        held = _condition(job, "Suspended") or {}
+        since = held.get("lastTransitionTime") or (job.get("metadata") or {}).get(
+            "creationTimestamp"
+        )
+        return Observation(
+            "queued", "Queued", "Job held for admission (Kueue)", stuck_since=_time(since)
+        )
     for pod in pods:
         waiting = _waiting(pod)
         if waiting:
@@ -189,9 +206,17 @@ def _classify(job: dict[str, Any], pods: list[dict[str, Any]], running: int) -> 
         unsched = _unschedulable(pod)
         if unsched:
             return Observation(
-                "stuck", "Unschedulable", f"pod {pod['metadata']['name']}: {unsched}"
+                "stuck",
+                "Unschedulable",
+                f"pod {pod['metadata']['name']}: {unsched.get('message') or 'unschedulable'}",
+                stuck_since=_time(unsched.get("lastTransitionTime")),
             )
     parallelism = int((job.get("spec") or {}).get("parallelism") or 1)
     if running >= parallelism:
         return Observation("running", "Running", f"{running} trainer pod(s) running")
+    done = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Succeeded")
+    if done and running + done >= parallelism:
+        # The trainers have exited 0 and the Job controller has not marked the Job
+        # Complete yet (a second or so): still the run, never back to Pending.
+        return Observation("running", "Finishing", f"{done}/{parallelism} trainer pods finished")
     return Observation("pending", "PodsPending", f"{running}/{parallelism} trainer pods running")

@@ -6,6 +6,9 @@ changed. The flow, top to bottom:
 
     finished? → valid? → planned? (probe config.json, discover pools, plan) → launched?
     → suspended? → deadline? → observe attempt → running / succeeded / retry / failed
+
+Every status write says which generation it describes (status.observedGeneration and each
+condition's), and the phase sets the conditions GitOps tools read (conditions.py).
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ from pydantic import ValidationError
 
 from kubetune import contract as c
 from kubetune.api import API_VERSION, KIND
+from kubetune.api.phases import FINAL_PHASES, ConditionType, Phase, Reason, TrainerPhase
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.api.status import Plan
+from kubetune.api.status import CheckpointStatus, Plan, Progress, duration_text, progress_parts
 from kubetune.api.validate import problems_from_error
 from kubetune.contract import ExitCode
 from kubetune.planner import (
     Arch,
     ArchitectureError,
+    DatasetSize,
     NodePool,
     PlanRefused,
     PoolConfigError,
@@ -44,7 +49,7 @@ from kubetune.planner import (
 from kubetune.planner.architecture import from_spec, rough_arch
 
 from . import manifests, metrics, naming
-from .conditions import get_condition, set_condition, with_kstatus
+from .conditions import get_condition, is_true, observed, set_condition, with_kstatus
 from .kube import Kube
 from .observe import Observation, observe, parse_summary, terminated
 from .progress import ProgressStore
@@ -52,7 +57,7 @@ from .settings import Settings
 from .statusdiff import merge_patch
 
 log = logging.getLogger(__name__)
-FINAL = ("Succeeded", "Failed")
+FINAL = FINAL_PHASES
 # Pods that will never start whatever we wait: configuration errors, not capacity.
 FATAL_STUCK = ("CreateContainerConfigError", "InvalidImageName", "ErrImageNeverPull")
 MAX_BACKOFF = 600.0
@@ -108,8 +113,9 @@ class Ctx:
             _ts(self.now),
         )
 
-    def phase(self, phase: str, reason: str, message: str, stalled: bool = False) -> None:
+    def phase(self, phase: Phase, reason: str, message: str, stalled: bool = False) -> None:
         old = self.status.get("phase")
+        was_stalled = is_true(self.status.get("conditions", []), ConditionType.STALLED)
         self.status["phase"] = phase
         self.status["message"] = message
         self.status["conditions"] = with_kstatus(
@@ -121,9 +127,14 @@ class Ctx:
             _ts(self.now),
             stalled,
         )
-        if old != phase:
-            kind = "Warning" if phase == "Failed" or stalled else "Normal"
-            self.events.append((kind, reason, message))
+        stalled = stalled or phase == Phase.FAILED
+        if old != phase or stalled != was_stalled:
+            self.events.append(("Warning" if stalled else "Normal", reason, message))
+
+    def observe(self) -> None:
+        """Stamps the generation this reconcile read on the status and every condition."""
+        self.status["observedGeneration"] = self.generation
+        self.status["conditions"] = observed(self.status.get("conditions", []), self.generation)
 
     def event(self, kind: str, reason: str, message: str) -> None:
         self.events.append((kind, reason, message))
@@ -162,7 +173,7 @@ class Reconciler:
         self._write(ctx)
         phase = ctx.status.get("phase")
         self._count(namespace, name, phase)
-        if ctx.requeue is None and phase not in FINAL and phase != "Suspended":
+        if ctx.requeue is None and phase not in FINAL and phase != Phase.SUSPENDED:
             # Watches can miss events; an active job is looked at again at least this often.
             return self.settings.resync_seconds
         return ctx.requeue
@@ -175,19 +186,11 @@ class Reconciler:
             else:
                 self.phases[(namespace, name)] = phase
             counts = list(self.phases.values())
-        for known in (
-            "Pending",
-            "Planning",
-            "Queued",
-            "Running",
-            "Evaluating",
-            "Succeeded",
-            "Failed",
-            "Suspended",
-        ):
+        for known in Phase:
             metrics.JOBS.labels(known).set(counts.count(known))
 
     def _write(self, ctx: Ctx) -> None:
+        ctx.observe()
         meta = ctx.body["metadata"]
         old = ctx.body.get("status") or {}
         patch = merge_patch(old, ctx.status)
@@ -227,12 +230,15 @@ class Reconciler:
         ):
             self._finished(ctx)
             return
+        if is_true(st.get("conditions", []), ConditionType.FAILED):
+            # A job refused before launch, whose spec has changed since: look again.
+            ctx.condition(ConditionType.FAILED, False, Reason.SPEC_CHANGED, "spec changed")
         spec = self._validate(ctx)
         if not launched:
             self._plan(ctx, spec)
             if spec.suspend:
-                ctx.condition("Suspended", True, "Suspended", "created suspended")
-                ctx.phase("Suspended", "Suspended", "suspended before launch")
+                msg = "suspended before launch (spec.suspend)"
+                ctx.phase(Phase.SUSPENDED, Reason.SUSPENDED, msg)
                 return
             self._launch(ctx, spec, attempt=1)
             return
@@ -256,69 +262,79 @@ class Reconciler:
             spec = FineTuneJobSpec.model_validate(ctx.body.get("spec") or {})
         except ValidationError as exc:
             problems = "; ".join(str(p) for p in problems_from_error(exc, ("spec",)))
-            self._fail(ctx, "InvalidSpec", problems, valid=False)
+            self._fail(ctx, Reason.INVALID_SPEC, problems, valid=False)
         reserved = [k for k in ctx.body["metadata"].get("labels") or {} if k == c.LABEL_JOB]
         if reserved:
             self._fail(
-                ctx, "InvalidSpec", f"metadata.labels: {reserved[0]} is reserved", valid=False
+                ctx, Reason.INVALID_SPEC, f"metadata.labels: {reserved[0]} is reserved", valid=False
             )
-        ctx.condition("Valid", True, "Valid", "spec is valid")
+        ctx.condition(ConditionType.VALID, True, Reason.VALID, "spec is valid")
         return spec
 
     def _fail(self, ctx: Ctx, reason: str, message: str, valid: bool = True) -> NoReturn:
         """Marks the job Failed (never retried from here) and stops the reconcile."""
         if not valid:
-            ctx.condition("Valid", False, reason, message)
-        ctx.condition("Failed", True, reason, message)
-        ctx.condition("Running", False, reason, message)
-        ctx.status["observedGeneration"] = ctx.generation
+            ctx.condition(ConditionType.VALID, False, reason, message)
+        ctx.condition(ConditionType.FAILED, True, reason, message)
+        ctx.condition(ConditionType.RUNNING, False, reason, message)
         if ctx.status.get("startTime") and not ctx.status.get("completionTime"):
             ctx.status["completionTime"] = _ts(ctx.now)
-        ctx.phase("Failed", reason, message)
+        ctx.phase(Phase.FAILED, reason, message)
         raise Stop
 
     # ------------------------------------------------------------------ planning
     def _plan(self, ctx: Ctx, spec: FineTuneJobSpec) -> None:
         st = ctx.status
-        if st.get("plan") and st.get("observedGeneration") == ctx.generation:
-            return
-        if st.get("phase") != "Planning":
-            ctx.phase("Planning", "Planning", "reading the model's shape and planning")
-        arch = self._architecture(ctx, spec)
-        if arch is None:
+        if st.get("plan"):
+            if st.get("observedGeneration") == ctx.generation:
+                return
+            # Made for an earlier spec: it must not outlive this reconcile's write, which
+            # stamps the new generation even while the new plan waits for the probe.
+            del st["plan"]
+            ctx.condition(ConditionType.PLANNED, False, Reason.SPEC_CHANGED, "spec changed")
+        if st.get("phase") != Phase.PLANNING:
+            ctx.phase(Phase.PLANNING, Reason.PLANNING, "reading the model's shape and planning")
+        inputs = self._inputs(ctx, spec)
+        if inputs is None:
             ctx.again(2.0)
             raise Stop
+        arch, size = inputs
         try:
             pools = self._pools()
-            chosen = plan(spec, arch, pools)
+            chosen = plan(spec, arch, pools, size)
         except (PlanRefused, PoolConfigError) as exc:
-            ctx.condition("Planned", False, "NothingFits", str(exc))
-            self._fail(ctx, "NothingFits", str(exc))
+            ctx.condition(ConditionType.PLANNED, False, Reason.NOTHING_FITS, str(exc))
+            self._fail(ctx, Reason.NOTHING_FITS, str(exc))
         metrics.PLANS.labels(chosen.method, chosen.gpu_type).inc()
         st["plan"] = chosen.to_k8s()
-        st["observedGeneration"] = ctx.generation
         summary = (
             f"{chosen.method} on {chosen.nodes}x{chosen.gpus_per_node} {chosen.gpu_type}"
             f" (pool {chosen.pool}, ZeRO {chosen.zero_stage}), predicted"
             f" {chosen.predicted_peak_gi_b:.1f} of {chosen.gpu_memory_gi_b:g} GiB per GPU"
         )
-        ctx.condition("Planned", True, "Planned", summary)
-        ctx.event("Normal", "Planned", summary)
+        ctx.condition(ConditionType.PLANNED, True, Reason.PLANNED, summary)
+        ctx.event("Normal", Reason.PLANNED, summary)
         # The plan is on the resource before anything is created.
         self._write(ctx)
         ctx.body["status"] = copy.deepcopy(st)
         ctx.events.clear()
 
-    def _architecture(self, ctx: Ctx, spec: FineTuneJobSpec) -> Arch | None:
-        """The model's shape: the spec's override, else config.json read by a probe pod."""
+    def _inputs(self, ctx: Ctx, spec: FineTuneJobSpec) -> tuple[Arch, DatasetSize | None] | None:
+        """The model's shape and the training data's size. The shape is the spec's
+        architecture, else config.json read by a probe pod; the probe also counts the
+        data, and runs for `method: auto` even with an architecture (the size picks the
+        method there). None while the probe runs."""
         name = spec.model.hf.repo if spec.model.hf else "model"
+        arch: Arch | None = None
         if spec.model.architecture is not None:
             try:
-                return from_spec(spec.model.architecture, name=name)
+                arch = from_spec(spec.model.architecture, name=name)
             except ArchitectureError as exc:
                 self._fail(
-                    ctx, "ModelConfigInvalid", f"spec.model.architecture: {exc}", valid=False
+                    ctx, Reason.MODEL_CONFIG_INVALID, f"spec.model.architecture: {exc}", valid=False
                 )
+            if spec.method != "auto":
+                return arch, None
         meta = ctx.meta
         probe = manifests.model_probe(meta, spec, self.settings)
         pod = self.kube.get_pod(meta.namespace, probe["metadata"]["name"])
@@ -330,13 +346,18 @@ class Reconciler:
         if phase == "Succeeded" and term is not None:
             self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             try:
-                return from_config(json.loads(term.get("message") or ""), name=name)
+                config, size, why = _probe_result(term.get("message") or "")
+                if arch is None:
+                    arch = from_config(config or {}, name=name)
             except (ValueError, ArchitectureError) as exc:
                 self._fail(
                     ctx,
-                    "ModelConfigUnreadable",
+                    Reason.MODEL_CONFIG_UNREADABLE,
                     f"spec.model: config.json is not a model config: {exc}",
                 )
+            if why:
+                ctx.event("Normal", Reason.DATASET_NOT_COUNTED, f"spec.dataset.train: {why}")
+            return arch, size
         if phase == "Failed":
             summary = parse_summary((term or {}).get("message"))
             detail = summary.message if summary else (term or {}).get("message") or phase
@@ -346,7 +367,7 @@ class Reconciler:
             self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             self._fail(
                 ctx,
-                "ModelConfigUnreadable",
+                Reason.MODEL_CONFIG_UNREADABLE,
                 f"spec.model: cannot read config.json: {str(detail).strip()[:500]}",
             )
         seen = observe({"spec": {"parallelism": 1}}, [pod])
@@ -361,6 +382,9 @@ class Reconciler:
             if waited >= self.settings.image_pull_timeout_seconds:
                 self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
                 self._fail(ctx, seen.reason, f"{seen.message} (for {int(waited)} s)")
+        if seen.state == "stuck":  # say why planning takes long (e.g. an unbound claim)
+            msg = f"reading the model's shape: the probe {seen.message}"
+            ctx.phase(Phase.PLANNING, Reason.PLANNING, msg)
         return None
 
     def _probe_backoff(self, ctx: Ctx, pod: str, term: dict[str, Any], detail: str) -> None:
@@ -368,9 +392,9 @@ class Reconciler:
         Planning and probe again, waiting as long as the failures have lasted so far
         (doubling, from the retry backoff up to MAX_BACKOFF). The failed probe pod is
         the timer (its finishedAt) until it is deleted to make way for the next one."""
-        reason = "ModelSourceUnreachable"
+        reason = Reason.MODEL_SOURCE_UNREACHABLE
         message = f"spec.model: {detail[:500]}"
-        cond = get_condition(ctx.status.get("conditions", []), "Planned") or {}
+        cond = get_condition(ctx.status.get("conditions", []), ConditionType.PLANNED) or {}
         ongoing = cond.get("status") == "False" and cond.get("reason") == reason
         failed_at = _parse_ts(term.get("finishedAt")) or ctx.now
         first = (_parse_ts(cond.get("lastTransitionTime")) if ongoing else None) or failed_at
@@ -382,8 +406,8 @@ class Reconciler:
         if left > 0:
             if not ongoing:
                 ctx.event("Warning", reason, f"{message}; probing again in {int(left) + 1} s")
-            ctx.condition("Planned", False, reason, message)
-            ctx.phase("Planning", reason, f"{message}; probing again in {int(left) + 1} s")
+            ctx.condition(ConditionType.PLANNED, False, reason, message)
+            ctx.phase(Phase.PLANNING, reason, f"{message}; probing again in {int(left) + 1} s")
             ctx.again(left)
             return
         self.kube.delete_pod(ctx.meta.namespace, pod)
@@ -405,28 +429,12 @@ class Reconciler:
         # Configured pools win: they carry costs and curated selectors.
         return merge_pools(configured, discovered)
 
-    def _placement(self, plan_: Plan) -> manifests.Placement:
-        for pool in self._pools():
-            if pool.name == plan_.pool:
-                return manifests.Placement(
-                    node_selector=dict(pool.node_selector),
-                    tolerations=[t.to_k8s() for t in pool.tolerations],
-                )
-        return manifests.Placement()
-
     # ------------------------------------------------------------------ launching
     def _launch(self, ctx: Ctx, spec: FineTuneJobSpec, attempt: int) -> None:
         meta = ctx.meta
         plan_ = Plan.model_validate(ctx.status["plan"])
-        objects = [manifests.headless_service(meta, self.settings)]
-        claim = manifests.output_claim(meta, spec)
-        if claim is not None:
-            objects.append(claim)
-        objects.append(manifests.config_map(meta, spec, plan_, self.settings, attempt))
-        objects.append(
-            manifests.trainer_job(meta, spec, plan_, self._placement(plan_), self.settings, attempt)
-        )
-        for obj in objects:
+        self._check_shared_output(ctx, spec, plan_)
+        for obj in manifests.launch_objects(meta, spec, plan_, self.settings, attempt):
             self.kube.create(obj)
         st = ctx.status
         first = not st.get("startTime")
@@ -434,14 +442,39 @@ class Reconciler:
         st["attempt"] = attempt
         st.setdefault("restarts", 0)
         name = naming.workload_name(meta.name, attempt)
-        ctx.condition("Launched", True, "Launched", f"Job {name} created (attempt {attempt})")
-        ctx.condition("Suspended", False, "NotSuspended")
+        # A failure waiting for its retry belongs to an earlier attempt from now on.
+        st["conditions"] = [
+            x for x in st.get("conditions", []) if x.get("type") != ConditionType.RESTARTING
+        ]
+        ctx.condition(
+            ConditionType.LAUNCHED, True, Reason.LAUNCHED, f"Job {name} created (attempt {attempt})"
+        )
         if first:
             metrics.GPU_HOURS_REQUESTED.inc(
                 plan_.total_gpus * (spec.active_deadline_seconds or 0) / 3600.0
             )
-        ctx.phase("Pending", "Launched", f"Job {name} created; waiting for its pods")
+        ctx.phase(Phase.PENDING, Reason.LAUNCHED, f"Job {name} created; waiting for its pods")
         ctx.again(2.0)
+
+    def _check_shared_output(self, ctx: Ctx, spec: FineTuneJobSpec, plan_: Plan) -> None:
+        """Every node of a multi-node plan writes checkpoints (each rank its ZeRO shards) to
+        the output claim: one that only one node can mount would leave the others stuck
+        attaching it, so such a job fails before anything is created."""
+        out = spec.output.pvc if spec.output else None
+        if plan_.nodes < 2 or out is None:
+            return  # no claim: the planner warned that outputs stay in the pods
+        claim = self.kube.get_claim(ctx.meta.namespace, out.claim_name)
+        modes = ((claim or {}).get("spec") or {}).get("accessModes") or []
+        if claim is None or manifests.SHARED_ACCESS in modes:
+            return  # created now as ReadWriteMany, or a missing claim the scheduler reports
+        self._fail(
+            ctx,
+            Reason.OUTPUT_CLAIM_NOT_SHARED,
+            f"spec.output.pvc.claimName: the plan runs on {plan_.nodes} nodes, which all write"
+            f" checkpoints to claim {out.claim_name}, but it is {', '.join(modes)}: only one"
+            " node can mount it. Use a ReadWriteMany claim (NFS, CephFS, EFS, Filestore,"
+            " Azure Files) or set spec.resources.maxNodes: 1",
+        )
 
     # ------------------------------------------------------------------ supervising
     def _supervise(self, ctx: Ctx, spec: FineTuneJobSpec) -> None:
@@ -452,8 +485,10 @@ class Reconciler:
         if spec.suspend:
             self._suspend(ctx, wl_name)
             return
-        if st.get("phase") == "Suspended":
-            ctx.event("Normal", "Resumed", "resumed: a new attempt continues from the checkpoint")
+        if st.get("phase") == Phase.SUSPENDED:
+            ctx.event(
+                "Normal", Reason.RESUMED, "resumed: a new attempt continues from the checkpoint"
+            )
             self._launch(ctx, spec, attempt + 1)
             return
         self._deadline(ctx, spec, wl_name)
@@ -471,21 +506,17 @@ class Reconciler:
             # someone: create the same attempt again; names make it idempotent.
             self._launch(ctx, spec, attempt)
         elif seen.state == "queued":
-            ctx.condition("Running", False, "Queued", seen.message)
-            ctx.phase("Queued", "Queued", seen.message)
+            self._waiting_for_capacity(ctx, seen, Phase.QUEUED)
         elif seen.state == "pending":
-            ctx.condition("Running", False, "PodsPending", seen.message)
-            ctx.phase("Pending", "PodsPending", seen.message)
+            ctx.condition(ConditionType.RUNNING, False, Reason.PODS_PENDING, seen.message)
+            ctx.phase(Phase.PENDING, Reason.PODS_PENDING, seen.message)
             ctx.again(5.0)
+        elif seen.state == "stuck" and seen.reason == "Unschedulable" and not _fatal(seen):
+            self._waiting_for_capacity(ctx, seen, Phase.PENDING)
         elif seen.state == "stuck":
             self._stuck(ctx, seen, wl_name)
         elif seen.state == "running":
-            report = self.progress.get(meta.namespace, meta.name)
-            evaluating = bool(report and report.attempt == attempt and report.phase == "evaluating")
-            phase = "Evaluating" if evaluating else "Running"
-            ctx.condition("Running", True, "Running", seen.message)
-            ctx.phase(phase, phase, seen.message)
-            ctx.again(self.settings.progress_interval_seconds)
+            self._running(ctx, seen, attempt)
         elif seen.state == "succeeded":
             self._succeeded(ctx, seen)
         else:
@@ -493,7 +524,7 @@ class Reconciler:
 
     def _suspend(self, ctx: Ctx, wl_name: str) -> None:
         meta = ctx.meta
-        if ctx.status.get("phase") == "Suspended":
+        if ctx.status.get("phase") == Phase.SUSPENDED:
             return
         # SIGTERM with the grace period: the trainer saves a checkpoint, then exits.
         self.kube.delete_workload(
@@ -503,9 +534,8 @@ class Reconciler:
         msg = "suspended; pods stopped after a checkpoint request"
         if step is not None:
             msg += f" (latest checkpoint at step {step})"
-        ctx.condition("Suspended", True, "Suspended", msg)
-        ctx.condition("Running", False, "Suspended", msg)
-        ctx.phase("Suspended", "Suspended", msg)
+        ctx.condition(ConditionType.RUNNING, False, Reason.SUSPENDED, msg)
+        ctx.phase(Phase.SUSPENDED, Reason.SUSPENDED, msg)
 
     def _deadline(self, ctx: Ctx, spec: FineTuneJobSpec, wl_name: str) -> None:
         if spec.active_deadline_seconds is None:
@@ -522,17 +552,59 @@ class Reconciler:
         )
         self._fail(
             ctx,
-            "DeadlineExceeded",
+            Reason.DEADLINE_EXCEEDED,
             f"activeDeadlineSeconds ({spec.active_deadline_seconds}) exceeded",
         )
 
+    def _running(self, ctx: Ctx, seen: Observation, attempt: int) -> None:
+        """Running or Evaluating, as rank 0 last reported; the message is its progress
+        (step, loss, speed, ETA), which is what Argo CD and kstatus show."""
+        meta = ctx.meta
+        report = self.progress.get(meta.namespace, meta.name)
+        if report is None or report.attempt != attempt:
+            report = None  # nothing from this attempt yet; status.progress is older
+        done = progress_parts(ctx.status.get("progress") or {}) if report else []
+        if report is not None and report.phase == TrainerPhase.EVALUATING:
+            phase = Phase.EVALUATING
+            msg = "evaluating the tuned model" + (f" after {done[0]}" if done else "")
+        else:
+            phase = Phase.RUNNING
+            msg = ", ".join(done) if done else f"{seen.message}; no progress report yet"
+        ctx.condition(ConditionType.RUNNING, True, Reason.RUNNING, seen.message)
+        ctx.phase(phase, Reason(phase), msg)
+        ctx.again(self.settings.progress_interval_seconds)
+
+    def _waiting_for_capacity(self, ctx: Ctx, seen: Observation, phase: Phase) -> None:
+        """Pods the scheduler cannot place yet, or a Job held in Kueue's queue: progress
+        (a cluster autoscaler or the queue will resolve it), until the operator's grace
+        period has passed; then Stalled, still waiting, so that a person looks."""
+        grace = self.settings.capacity_grace_seconds
+        not_running = get_condition(ctx.status.get("conditions", []), ConditionType.RUNNING)
+        since = (
+            seen.stuck_since or _parse_ts((not_running or {}).get("lastTransitionTime")) or ctx.now
+        )
+        waited = (ctx.now - since).total_seconds()
+        stalled = grace > 0 and waited >= grace
+        # Static text (no running clock), so that the status changes only when the state does.
+        if stalled:
+            reason = Reason.NO_CAPACITY
+            msg = f"no capacity after {duration_text(grace)} (capacityGraceSeconds): {seen.message}"
+        else:
+            reason = Reason.QUEUED if phase == Phase.QUEUED else Reason.WAITING_FOR_CAPACITY
+            msg = f"waiting for capacity since {_ts(since)}: {seen.message}"
+            if grace > 0:
+                ctx.again(grace - waited)
+        ctx.condition(ConditionType.RUNNING, False, reason, msg)
+        ctx.phase(phase, reason, msg, stalled=stalled)
+
     def _stuck(self, ctx: Ctx, seen: Observation, wl_name: str) -> None:
-        """Pods that cannot start are never reported as Running or plain Pending."""
+        """Pods that cannot start for a reason a person must fix (a missing volume, Secret
+        or image): Failed at once when retrying cannot help, else Stalled until it is."""
         if _fatal(seen):
             self.kube.delete_workload(ctx.meta.namespace, wl_name, grace_seconds=0)
             self._fail(ctx, _fatal_reason(seen), seen.message)
-        cond = get_condition(ctx.status.get("conditions", []), "Running") or {}
-        ctx.condition("Running", False, seen.reason, seen.message)
+        cond = get_condition(ctx.status.get("conditions", []), ConditionType.RUNNING) or {}
+        ctx.condition(ConditionType.RUNNING, False, seen.reason, seen.message)
         since = (
             _parse_ts(cond.get("lastTransitionTime"))
             if cond.get("reason") == seen.reason
@@ -543,7 +615,7 @@ class Reconciler:
         if image and waited >= self.settings.image_pull_timeout_seconds:
             self.kube.delete_workload(ctx.meta.namespace, wl_name, grace_seconds=0)
             self._fail(ctx, seen.reason, f"{seen.message} (for {int(waited)} s)")
-        ctx.phase("Pending", seen.reason, seen.message, stalled=True)
+        ctx.phase(Phase.PENDING, seen.reason, seen.message, stalled=True)
         ctx.again(10.0)
 
     def _merge_progress(self, ctx: Ctx, attempt: int) -> None:
@@ -554,20 +626,15 @@ class Reconciler:
         interval = self.settings.progress_interval_seconds
         if not self.progress.due(meta.namespace, meta.name, interval):
             return
-        progress = report.model_dump(
-            by_alias=True,
-            exclude_none=True,
-            mode="json",
-            exclude={"namespace", "name", "attempt", "checkpoint", "checkpoint_step", "phase"},
-        )
-        progress["updatedAt"] = _ts(ctx.now)
-        if "percent" in progress:  # shown by `kubectl get ftj`
-            progress["percent"] = round(progress["percent"], 1)
-        ctx.status["progress"] = progress
+        progress = report.progress()
+        progress.updated_at = _ts(ctx.now)
+        if progress.percent is not None:  # shown by `kubectl get ftj`
+            progress.percent = round(progress.percent, 1)
+        ctx.status["progress"] = progress.to_k8s()
         if report.checkpoint:
-            ckpt = dict(ctx.status.get("checkpoints") or {})
-            ckpt.update({"latest": report.checkpoint, "latestStep": report.checkpoint_step})
-            ctx.status["checkpoints"] = ckpt
+            ckpt = CheckpointStatus.model_validate(ctx.status.get("checkpoints") or {})
+            ckpt.latest, ckpt.latest_step = report.checkpoint, report.checkpoint_step
+            ctx.status["checkpoints"] = ckpt.to_k8s()
         self.progress.mark_written(meta.namespace, meta.name)
 
     def _succeeded(self, ctx: Ctx, seen: Observation) -> None:
@@ -576,17 +643,17 @@ class Reconciler:
         if summary is not None:
             _apply_summary(st, summary)
         st["completionTime"] = st.get("completionTime") or _ts(ctx.now)
-        ctx.condition("Running", False, "Completed", "training finished")
-        ctx.condition("Succeeded", True, "Completed", "training finished")
+        ctx.condition(ConditionType.RUNNING, False, Reason.COMPLETED, "training finished")
+        ctx.condition(ConditionType.SUCCEEDED, True, Reason.COMPLETED, "training finished")
         passed = (st.get("evaluation") or {}).get("passed")
         if passed is not None:
             ctx.condition(
-                "EvaluationPassed",
+                ConditionType.EVALUATION_PASSED,
                 bool(passed),
-                "EvaluationPassed" if passed else "EvaluationGateFailed",
+                Reason.EVALUATION_PASSED if passed else Reason.EVALUATION_GATE_FAILED,
                 _eval_message(st.get("evaluation") or {}),
             )
-        ctx.phase("Succeeded", "Completed", _success_message(st))
+        ctx.phase(Phase.SUCCEEDED, Reason.COMPLETED, _success_message(st))
 
     def _failed(
         self, ctx: Ctx, spec: FineTuneJobSpec, seen: Observation, wl_name: str, attempt: int
@@ -603,27 +670,18 @@ class Reconciler:
         if restarts >= spec.max_restarts:
             self._fail(
                 ctx,
-                "RetriesExhausted",
+                Reason.RETRIES_EXHAUSTED,
                 f"{seen.message}; gave up after {restarts} restart(s) (maxRestarts)",
             )
         # Remember the failure until the retry: the Job is gone from now on, and the
         # next reconciles must wait out the backoff instead of relaunching this attempt.
-        st["conditions"] = set_condition(
-            st.get("conditions", []),
-            "Restarting",
-            True,
-            code.name,
-            seen.message,
-            attempt,
-            _ts(ctx.now),
-        )
+        # (The next launch clears it.)
+        ctx.condition(ConditionType.RESTARTING, True, code.name, seen.message)
         self._retry(ctx, spec, attempt)
 
     def _pending_retry(self, ctx: Ctx, attempt: int) -> dict[str, Any] | None:
-        cond = get_condition(ctx.status.get("conditions", []), "Restarting")
-        if cond and cond.get("status") == "True" and cond.get("observedGeneration") == attempt:
-            return cond
-        return None
+        cond = get_condition(ctx.status.get("conditions", []), ConditionType.RESTARTING)
+        return cond if cond and cond.get("status") == "True" else None
 
     def _retry(self, ctx: Ctx, spec: FineTuneJobSpec, attempt: int) -> None:
         """After the backoff, a new attempt resumes from the latest checkpoint."""
@@ -635,20 +693,23 @@ class Reconciler:
         since = _parse_ts(cond.get("lastTransitionTime")) or ctx.now
         left = (since + timedelta(seconds=backoff) - ctx.now).total_seconds()
         if left > 0:
-            ctx.condition("Running", False, "BackoffBeforeRetry", message)
-            ctx.phase("Pending", "BackoffBeforeRetry", f"{message}; retrying in {int(left) + 1} s")
+            ctx.condition(ConditionType.RUNNING, False, Reason.BACKOFF_BEFORE_RETRY, message)
+            ctx.phase(
+                Phase.PENDING,
+                Reason.BACKOFF_BEFORE_RETRY,
+                f"{message}; retrying in {int(left) + 1} s",
+            )
             ctx.again(left)
             return
         if cond.get("reason") == ExitCode.OOM.name:
             self._replan_after_oom(ctx, spec, message)
         st["restarts"] = restarts + 1
         metrics.RESTARTS.inc()
-        st["conditions"] = [x for x in st.get("conditions", []) if x.get("type") != "Restarting"]
         ckpt = (st.get("checkpoints") or {}).get("latestStep")
         where = f"from the checkpoint at step {ckpt}" if ckpt else "from the latest checkpoint"
         ctx.event(
             "Warning",
-            "Restarting",
+            Reason.RESTARTING,
             f"attempt {attempt} failed ({message}); attempt {attempt + 1} resumes {where}",
         )
         self._launch(ctx, spec, attempt + 1)
@@ -666,27 +727,47 @@ class Reconciler:
             change = "gradient checkpointing on"
         elif spec.method == "auto" and old.method == "lora":
             retry = spec.model_copy(update={"method": "qlora"})
-            # The probed config.json is not kept; the plan's parameter count is enough
-            # for a QLoRA re-plan when the spec gives no architecture.
-            arch = (
-                from_spec(spec.model.architecture)
-                if spec.model.architecture is not None
-                else rough_arch(old.parameters)
+            # The shape the first plan used (probed from config.json) is on the plan.
+            shape = old.architecture or spec.model.architecture
+            arch = from_spec(shape) if shape is not None else rough_arch(old.parameters)
+            size = (
+                DatasetSize(rows=old.dataset_rows, tokens=old.dataset_tokens)
+                if old.dataset_rows is not None
+                else None
             )
             try:
-                new = plan(retry, arch, self._pools())
+                new = plan(retry, arch, self._pools(), size)
             except PlanRefused as exc:
-                self._fail(ctx, "OutOfMemory", f"{message}; QLoRA does not fit either: {exc}")
+                self._fail(
+                    ctx, Reason.OUT_OF_MEMORY, f"{message}; QLoRA does not fit either: {exc}"
+                )
             change = "method lora → qlora"
         else:
-            self._fail(ctx, "OutOfMemory", f"{message}; no smaller plan is possible")
+            self._fail(ctx, Reason.OUT_OF_MEMORY, f"{message}; no smaller plan is possible")
         new.reasons = [*new.reasons, f"re-planned after running out of memory: {change}"]
         ctx.status["plan"] = new.to_k8s()
-        ctx.condition("Planned", True, "ReplannedAfterOOM", f"out of memory; {change}")
-        ctx.event("Warning", "ReplannedAfterOOM", f"out of memory; {change}")
+        ctx.condition(
+            ConditionType.PLANNED, True, Reason.REPLANNED_AFTER_OOM, f"out of memory; {change}"
+        )
+        ctx.event("Warning", Reason.REPLANNED_AFTER_OOM, f"out of memory; {change}")
 
 
 # ---------------------------------------------------------------------- helpers
+def _probe_result(message: str) -> tuple[dict[str, Any] | None, DatasetSize | None, str]:
+    """(config.json keys, the data's size, why it was not counted) from the probe's
+    termination message, `{"config": ..., "dataset": ...}`."""
+    doc = json.loads(message)
+    if not isinstance(doc, dict):
+        raise ValueError("the probe's message is not a JSON object")
+    count = doc.get("dataset") or {}
+    size = None
+    if isinstance(count.get("rows"), int):
+        size = DatasetSize(
+            rows=count["rows"], tokens=count.get("tokens"), complete=bool(count.get("complete"))
+        )
+    return doc.get("config"), size, str(count.get("error") or "")
+
+
 def _fatal(seen: Observation) -> bool:
     if seen.reason in FATAL_STUCK:
         return True
@@ -695,68 +776,40 @@ def _fatal(seen: Observation) -> bool:
 
 def _fatal_reason(seen: Observation) -> str:
     if seen.reason == "Unschedulable":
-        return "VolumeNotFound"
+        return Reason.VOLUME_NOT_FOUND
     if seen.reason == "CreateContainerConfigError":
-        return "ConfigError"
+        return Reason.CONFIG_ERROR
     return seen.reason
 
 
 def _apply_summary(st: dict[str, Any], summary: c.TerminationSummary, final: bool = True) -> None:
-    """Copies the trainer's termination summary into status fields."""
-    if summary.checkpoint:
-        ckpt = dict(st.get("checkpoints") or {})
-        ckpt["latest"] = summary.checkpoint
-        if summary.step is not None:
-            ckpt["latestStep"] = summary.step
-        if summary.best_checkpoint:
-            ckpt["best"] = summary.best_checkpoint
-        st["checkpoints"] = ckpt
+    """Copies the trainer's termination summary into status: its parts are the status's
+    own models, written as they are (dumped by alias), never re-keyed by hand."""
+    if summary.checkpoints is not None:
+        known = CheckpointStatus.model_validate(st.get("checkpoints") or {})
+        st["checkpoints"] = known.model_copy(
+            update=summary.checkpoints.model_dump(exclude_none=True)
+        ).to_k8s()
     if summary.data:
         st["data"] = dict(summary.data)
     if not final:
         return
-    progress = dict(st.get("progress") or {})
-    if summary.step is not None:
-        progress["step"] = summary.step
-    if summary.total_steps is not None:
-        progress["totalSteps"] = summary.total_steps
-    progress["percent"] = 100.0
-    progress["etaSeconds"] = 0
-    for key, target in (
-        ("train_loss", "loss"),
-        ("tokens_per_second", "tokensPerSecond"),
-        ("peak_memory_gib", "peakMemoryGiB"),
-    ):
-        # The live figures win: train_loss is the mean over the run, not the last loss.
-        if key in summary.metrics and target not in progress:
-            progress[target] = summary.metrics[key]
-    st["progress"] = progress
-    ev = summary.evaluation
-    evaluation: dict[str, Any] = {}
-    for key in ("baseline", "final"):
-        val = ev.get(key)
-        if isinstance(val, dict):
-            evaluation[key] = {_camel(k): v for k, v in val.items() if v is not None}
-    forgetting = ev.get("forgetting")
-    if isinstance(forgetting, dict) and forgetting:
-        f = {_camel(k): v for k, v in forgetting.items()}
-        if "passed" not in f and {"increasePercent", "limitPercent"} <= f.keys():
-            f["passed"] = f["increasePercent"] <= f["limitPercent"]
-        evaluation["forgetting"] = f
-    if isinstance(ev.get("passed"), bool):
-        evaluation["passed"] = ev["passed"]
-    if evaluation:
-        st["evaluation"] = evaluation
-    if summary.output:
-        st["output"] = {_camel(k): v for k, v in summary.output.items()}
-
-
-def _camel(key: str) -> str:
-    special = {"rouge_l": "rougeL", "peak_memory_gib": "peakMemoryGiB"}
-    if key in special:
-        return special[key]
-    head, *rest = key.split("_")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+    live = Progress.model_validate(st.get("progress") or {})
+    last = summary.progress or live
+    done = last.model_copy(
+        update={
+            "updated_at": live.updated_at,
+            "step": summary.step if summary.step is not None else last.step,
+            "total_steps": summary.total_steps or last.total_steps,
+            "percent": 100.0,
+            "eta_seconds": 0.0,
+        }
+    )
+    st["progress"] = done.to_k8s()
+    if summary.evaluation is not None:
+        st["evaluation"] = summary.evaluation.to_k8s()
+    if summary.output is not None:
+        st["output"] = summary.output.to_k8s()
 
 
 def _eval_message(ev: dict[str, Any]) -> str:
@@ -777,7 +830,8 @@ def _eval_message(ev: dict[str, Any]) -> str:
 
 def _success_message(st: dict[str, Any]) -> str:
     ev = _eval_message(st.get("evaluation") or {})
-    out = (st.get("output") or {}).get("adapter")
+    output = st.get("output") or {}
+    out = output.get("adapter") or output.get("model")
     msg = "training finished"
     if ev:
         msg += f"; {ev}"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 
+from kubetune import contract
+
 DEFAULT_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
 
 
@@ -32,7 +34,8 @@ class Settings(BaseModel):
     """Where the progress endpoint listens."""
     progress_url: str | None = None
     """URL trainer pods use to reach the endpoint (e.g. http://kubetune.kubetune-system.svc:8081)."""
-    master_port: int = 29500
+    master_port: int = contract.DEFAULT_MASTER_PORT
+    """Rendezvous port of the trainer pods (torchrun's MASTER_PORT)."""
     max_concurrent_launches: int = 10
     resync_seconds: float = 30.0
     """Reconcile each job at least this often, even without events."""
@@ -43,6 +46,11 @@ class Settings(BaseModel):
     """Time a trainer gets to checkpoint after SIGTERM (suspend, preemption)."""
     image_pull_timeout_seconds: float = 300.0
     """ErrImagePull/ImagePullBackOff for longer than this fails the attempt."""
+    capacity_grace_seconds: float = Field(default=1800.0, ge=0)
+    """Trainer pods the scheduler cannot place (e.g. Insufficient nvidia.com/gpu, while a
+    cluster autoscaler adds nodes) or a Job queued by Kueue are progress, not a failure,
+    for this long; after it the job reads Stalled (Flux: Failed, Argo CD: Degraded) while
+    it keeps waiting. 0 waits without ever stalling."""
     probe_timeout_seconds: float = 300.0
     """How long the model-config probe pod may take."""
     leader_election: bool = False
@@ -90,6 +98,7 @@ class Settings(BaseModel):
             "KUBETUNE_SHM_SIZE": "shm_size",
             "KUBETUNE_TERMINATION_GRACE_SECONDS": "termination_grace_seconds",
             "KUBETUNE_IMAGE_PULL_TIMEOUT_SECONDS": "image_pull_timeout_seconds",
+            "KUBETUNE_CAPACITY_GRACE_SECONDS": "capacity_grace_seconds",
             "KUBETUNE_PROBE_TIMEOUT_SECONDS": "probe_timeout_seconds",
             "KUBETUNE_LEADER_ELECTION": "leader_election",
             "KUBETUNE_LEASE_NAME": "lease_name",

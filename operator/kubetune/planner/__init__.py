@@ -5,7 +5,7 @@ Pure functions only; `plan()` is the single entry point shared by the operator a
 """
 
 from .architecture import Arch, ArchitectureError, as_arch, from_config, load_config
-from .plan import PlanRefused, auto_methods, plan
+from .plan import DatasetSize, PlanRefused, auto_methods, plan
 from .pools import (
     NodePool,
     PoolConfigError,
@@ -18,6 +18,7 @@ from .pools import (
 __all__ = [
     "Arch",
     "ArchitectureError",
+    "DatasetSize",
     "NodePool",
     "PlanRefused",
     "PoolConfigError",

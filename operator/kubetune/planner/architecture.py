@@ -201,6 +201,40 @@ class Arch:
 
 
 # --------------------------------------------------------------------- readers
+CONFIG_KEYS: tuple[str, ...] = (
+    "model_type",
+    "architectures",
+    "_name_or_path",
+    "num_hidden_layers",
+    "n_layer",
+    "num_layers",
+    "hidden_size",
+    "n_embd",
+    "d_model",
+    "vocab_size",
+    "num_attention_heads",
+    "n_head",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "n_inner",
+    "ffn_dim",
+    "tie_word_embeddings",
+    "num_local_experts",
+    "num_experts",
+    "n_routed_experts",
+    "num_experts_per_tok",
+    "num_experts_per_token",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+    "attention_bias",
+    "mlp_bias",
+    "text_config",
+)
+"""Every config.json key `from_config` reads: the operator's model probe sends these and
+nothing else (a termination message holds 4 KiB), so adding a read here adds it there."""
+
+
 def _first(cfg: Mapping[str, Any], *keys: str) -> Any:
     for key in keys:
         if cfg.get(key) is not None:
@@ -245,6 +279,29 @@ def from_config(config: Mapping[str, Any], name: str | None = None) -> Arch:
     )
 
 
+def to_spec(arch: Arch) -> Architecture:
+    """The shape as the spec's `architecture` (what status.plan records): `from_spec` of it
+    gives the same parameter count, so a re-plan needs no second look at config.json."""
+    if arch.rough:
+        return Architecture(parameters=arch.parameters, model_type=arch.model_type)
+    return Architecture(
+        parameters=arch.parameters_override,
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_key_value_heads,
+        head_dim=arch.head_dim,
+        vocab_size=arch.vocab_size,
+        tie_word_embeddings=arch.tie_word_embeddings,
+        num_experts=arch.num_experts,
+        num_experts_per_token=arch.num_experts_per_token,
+        moe_intermediate_size=arch.moe_intermediate_size,
+        shared_expert_intermediate_size=arch.shared_expert_intermediate_size,
+        model_type=arch.model_type,
+    )
+
+
 def load_config(path: str | Path) -> Arch:
     """Read a `config.json` file."""
     p = Path(path)
@@ -285,6 +342,8 @@ def from_spec(spec: Architecture, name: str = "model") -> Arch:
             tie_word_embeddings=bool(spec.tie_word_embeddings),
             num_experts=spec.num_experts,
             num_experts_per_token=spec.num_experts_per_token,
+            moe_intermediate_size=spec.moe_intermediate_size,
+            shared_expert_intermediate_size=spec.shared_expert_intermediate_size,
             model_type=spec.model_type or "llama",
             name=name,
             parameters_override=spec.parameters,

@@ -15,6 +15,8 @@ from .architecture import Arch, Linear
 
 Offload = Literal["none", "optimizer", "optimizer+parameters"]
 TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
+LOADING = "loading"
+"""The extra a layout needs while the model loads, above its training peak (QLoRA, ZeRO-3)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Workload:
     lora_dropout: bool = False
     extra_tokens: int = 0  # prompt tuning's virtual tokens
     flash_attention: bool = True
+    quantised: bool = False  # a 4-bit base (bitsandbytes)
 
 
 @dataclass
@@ -202,7 +205,23 @@ def estimate(w: Workload, s: Strategy, gpus_per_node: int = 1, nodes: int = 1) -
     fixed = cal.CUDA_CONTEXT_GIB + (cal.NCCL_BUFFERS_GIB if gpus_per_node * nodes > 1 else 0)
     terms["overhead"] = fixed * cal.GiB + cal.FRAGMENTATION * dynamic
     terms = {k: v * cal.correction(w.method, k) for k, v in terms.items()}
+    loading = load_peak(w, s, gpus_per_node * nodes)
+    if loading > sum(terms.values()):
+        terms[LOADING] = loading - sum(terms.values())
     return Estimate(terms=terms, host_bytes=host)
+
+
+def load_peak(w: Workload, s: Strategy, ranks: int) -> float:
+    """Bytes per GPU while the model loads, when that exceeds the training layout.
+
+    transformers builds a quantised model without `zero.Init` (it cannot shard 4-bit
+    weights as it loads them), so under ZeRO-3 every rank first holds the whole 4-bit
+    base, and DeepSpeed shards it only when the engine starts.
+    """
+    if not (w.quantised and s.stage == 3):
+        return 0.0
+    fixed = cal.CUDA_CONTEXT_GIB + (cal.NCCL_BUFFERS_GIB if ranks > 1 else 0)
+    return w.frozen_weight_bytes + fixed * cal.GiB
 
 
 def nf4_bytes_per_weight(double_quant: bool) -> float:

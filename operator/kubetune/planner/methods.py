@@ -1,7 +1,9 @@
 """One small policy class per fine-tuning method, in a registry keyed by method name.
 
-A policy answers what differs between methods: which parameters train, what the frozen
-base weighs, which ZeRO layouts make sense, and the default learning rate.
+A policy answers what the planner computes per method: which parameters train, what the
+frozen base weighs, and its layouts in order of preference. What a method can run with
+(ZeRO stages, offload, default learning rate, ...) is its row in `kubetune.capabilities`,
+the table the trainer reads too.
 """
 
 from __future__ import annotations
@@ -9,25 +11,53 @@ from __future__ import annotations
 from typing import ClassVar
 
 from kubetune.api.spec import FineTuneJobSpec, LoRASpec, PromptTuningSpec, QLoRASpec
+from kubetune.capabilities import Capability, capability
 
 from . import calibration as cal
 from .architecture import Arch, Linear, resolve_targets
 from .memory import Strategy, nf4_bytes_per_weight
 
 REGISTRY: dict[str, MethodPolicy] = {}
+# Layouts in order of preference: the least sharding first. The capability table
+# removes what a method cannot run with.
+SINGLE_GPU: tuple[Strategy, ...] = (
+    Strategy(0),
+    Strategy(2, "optimizer"),
+    Strategy(3, "optimizer+parameters"),
+)
+SEVERAL_GPUS: tuple[Strategy, ...] = (
+    Strategy(0),
+    Strategy(2),
+    Strategy(3),
+    Strategy(3, "optimizer"),
+    Strategy(3, "optimizer+parameters"),
+)
 
 
 class MethodPolicy:
     """Defaults shared by the parameter-efficient methods: frozen 16-bit base."""
 
     name: ClassVar[str]
-    default_lr: ClassVar[float]
-    trains_all: ClassVar[bool] = False
-    summary: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         REGISTRY[cls.name] = cls()
+
+    @property
+    def capability(self) -> Capability:
+        return capability(self.name)
+
+    @property
+    def default_lr(self) -> float:
+        return self.capability.default_learning_rate
+
+    @property
+    def trains_all(self) -> bool:
+        return self.capability.trains_base_weights
+
+    @property
+    def summary(self) -> str:
+        return self.capability.trains
 
     def trainable(self, arch: Arch, spec: FineTuneJobSpec) -> int:
         raise NotImplementedError
@@ -37,8 +67,15 @@ class MethodPolicy:
         return float(arch.parameters * element_bytes)
 
     def strategies(self, ranks: int) -> list[Strategy]:
-        """Layouts in order of preference; ZeRO-3 shards a base too big for one GPU."""
-        return [Strategy(0)] if ranks == 1 else [Strategy(0), Strategy(3)]
+        """Layouts the method runs with, in order of preference. Full fine-tuning on
+        several GPUs always shards (DDP would replicate 18 bytes per parameter); the
+        parameter-efficient methods try DDP first and ZeRO-3 to shard a base too big for
+        one GPU."""
+        order = SINGLE_GPU if ranks == 1 else SEVERAL_GPUS
+        if ranks > 1 and self.trains_all:
+            order = order[1:]
+        cap = self.capability
+        return [s for s in order if cap.layout_problem(s.stage, s.offload) is None]
 
     def adapted(self, arch: Arch, spec: FineTuneJobSpec) -> tuple[Linear, ...]:
         """Linears with an adapter (their inputs are kept for the adapter's backward)."""
@@ -58,28 +95,13 @@ def _prompt(spec: FineTuneJobSpec) -> PromptTuningSpec:
 
 class Full(MethodPolicy):
     name = "full"
-    default_lr = 2e-5
-    trains_all = True
-    summary = "every weight trains (fp32 master weights and Adam states)"
 
     def trainable(self, arch: Arch, spec: FineTuneJobSpec) -> int:
         return arch.parameters
 
-    def strategies(self, ranks: int) -> list[Strategy]:
-        if ranks == 1:
-            return [Strategy(0), Strategy(2, "optimizer"), Strategy(3, "optimizer+parameters")]
-        return [
-            Strategy(2),
-            Strategy(3),
-            Strategy(3, "optimizer"),
-            Strategy(3, "optimizer+parameters"),
-        ]
-
 
 class LoRA(MethodPolicy):
     name = "lora"
-    default_lr = 2e-4
-    summary = "low-rank adapters on a frozen 16-bit base"
 
     def trainable(self, arch: Arch, spec: FineTuneJobSpec) -> int:
         """r * (in + out) per adapted linear (DoRA adds a magnitude vector of size out)."""
@@ -99,8 +121,6 @@ class LoRA(MethodPolicy):
 
 class QLoRA(LoRA):
     name = "qlora"
-    default_lr = 2e-4
-    summary = "low-rank adapters on a 4-bit NF4 base"
 
     def frozen_weight_bytes(self, arch: Arch, spec: FineTuneJobSpec, element_bytes: int) -> float:
         """Decoder linears in 4 bits with their constants; embeddings, norms, LM head and
@@ -115,8 +135,6 @@ class QLoRA(LoRA):
 
 class PromptTuning(MethodPolicy):
     name = "prompt-tuning"
-    default_lr = 3e-2
-    summary = "learned virtual-token embeddings"
 
     def trainable(self, arch: Arch, spec: FineTuneJobSpec) -> int:
         """num_virtual_tokens x hidden (PEFT's PromptEmbedding)."""
@@ -128,8 +146,6 @@ class PromptTuning(MethodPolicy):
 
 class PrefixTuning(MethodPolicy):
     name = "prefix-tuning"
-    default_lr = 1e-2
-    summary = "learned key/value prefixes in every layer"
 
     def trainable(self, arch: Arch, spec: FineTuneJobSpec) -> int:
         """num_virtual_tokens x layers x 2 (K and V) x kv_dim (PEFT's PrefixEncoder,
@@ -139,8 +155,6 @@ class PrefixTuning(MethodPolicy):
 
 class IA3(MethodPolicy):
     name = "ia3"
-    default_lr = 3e-3
-    summary = "learned scaling vectors on keys, values and the MLP"
 
     def trainable(self, arch: Arch, spec: FineTuneJobSpec) -> int:
         """PEFT's defaults: k_proj and v_proj outputs, down_proj input (feed-forward)."""

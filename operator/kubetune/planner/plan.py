@@ -6,16 +6,50 @@ Pure: no I/O, no cluster access. The operator and `kubetune plan` call the same 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.spec import Architecture, FineTuneJobSpec
 from kubetune.api.status import Alternative, Plan
 
 from . import calibration as cal
-from .architecture import Arch, as_arch, resolve_targets
+from .architecture import Arch, as_arch, resolve_targets, to_spec
 from .methods import policy
 from .pools import NodePool
 from .shape import Fit, Request, SearchResult, Shape, candidate_shapes, search
+
+
+@dataclass(frozen=True)
+class DatasetSize:
+    """The training data's size, as counted before planning (the operator's probe) or
+    given to `kubetune plan`."""
+
+    rows: int
+    """Training examples (rows of the training source)."""
+    tokens: int | None = None
+    """Training tokens, when known (the probe estimates them from the text)."""
+    complete: bool = True
+    """False when counting stopped early: `rows` is then only a lower bound."""
+
+    @property
+    def known_rows(self) -> int | None:
+        """Rows the size rules may use: a lower bound counts only when it is already
+        large (it can prove a dataset large, never small)."""
+        if self.complete or self.rows >= cal.AUTO_FULL_MIN_EXAMPLES:
+            return self.rows
+        return None
+
+    def describe(self) -> str:
+        tokens = f", ~{self.tokens:,} tokens" if self.tokens else ""
+        at_least = "" if self.complete else "at least "
+        return f"{at_least}{self.rows:,} examples{tokens}"
+
+
+def as_dataset_size(value: DatasetSize | int | None) -> DatasetSize | None:
+    """Accept a bare row count (kubetune plan --dataset-size) as well."""
+    if value is None or isinstance(value, DatasetSize):
+        return value
+    return DatasetSize(rows=int(value))
 
 
 class PlanRefused(Exception):
@@ -42,10 +76,12 @@ def plan(
     spec: FineTuneJobSpec,
     arch: Arch | Architecture | Mapping[str, Any],
     pools: list[NodePool],
-    dataset_size: int | None = None,
+    dataset_size: DatasetSize | int | None = None,
 ) -> Plan:
     """Choose method, shape, ZeRO layout and batch split; raise PlanRefused if none fits."""
     a = as_arch(arch, name=_model_name(spec))
+    size = as_dataset_size(dataset_size)
+    rows = size.known_rows if size else None
     if not pools:
         raise PlanRefused("no GPU node pools are configured or discovered")
     shapes, excluded = candidate_shapes(pools, spec)
@@ -53,23 +89,31 @@ def plan(
         Alternative(method=spec.method, pool=name, reason=why) for name, why in excluded.items()
     ]
     if not shapes:
+        hint = ""
+        if spec.resources.gpu_type != "auto":
+            hint = (
+                "; spec.resources.gpuType takes a pool's GPU product or a short form of it"
+                " (e.g. L4, NVIDIA-L4, H100-80GB) or a pool's name"
+            )
         raise PlanRefused(
             "no node pool matches spec.resources: "
-            + "; ".join(f"{n}: {w}" for n, w in excluded.items()),
+            + "; ".join(f"{n}: {w}" for n, w in excluded.items())
+            + hint,
             alternatives,
         )
-    methods: list[str] = auto_methods(dataset_size) if spec.method == "auto" else [spec.method]
+    methods: list[str] = auto_methods(rows) if spec.method == "auto" else [spec.method]
     _check_targets(spec, a, methods)
+    _check_capabilities(spec, methods)
     reasons: list[str] = []
     if spec.method == "auto":
-        reasons.append(_auto_reason(dataset_size))
+        reasons.append(_auto_reason(size))
     for name in methods:
         pol = policy(name)
         req = Request(a, pol, spec, pol.trainable(a, spec))
         result = search(req, shapes)
         if result.fit is not None:
             alternatives += _pool_alternatives(name, result)
-            return _build(req, result.fit, dataset_size, reasons, alternatives)
+            return _build(req, result.fit, size, reasons, alternatives)
         alternatives += _pool_alternatives(name, result)
         alternatives.append(
             Alternative(method=name, reason=f"no shape fits: {_refusal(req, shapes)}")
@@ -99,6 +143,19 @@ def _check_targets(spec: FineTuneJobSpec, arch: Arch, methods: list[str]) -> Non
         )
 
 
+def _check_capabilities(spec: FineTuneJobSpec, methods: list[str]) -> None:
+    """Options the spec sets explicitly that the method cannot honour are refused, never
+    silently dropped by the trainer."""
+    for name in methods:
+        cap = policy(name).capability
+        if spec.training.gradient_checkpointing and not cap.gradient_checkpointing:
+            raise PlanRefused(
+                f"spec.training.gradientCheckpointing: {name} cannot recompute activations"
+                " (its virtual tokens live in the attention cache); remove the field or set"
+                " it to false"
+            )
+
+
 def _model_name(spec: FineTuneJobSpec) -> str:
     m = spec.model
     if m.hf is not None:
@@ -108,17 +165,19 @@ def _model_name(spec: FineTuneJobSpec) -> str:
     return (m.path or "model").rstrip("/").split("/")[-1]
 
 
-def _auto_reason(dataset_size: int | None) -> str:
-    if dataset_size is None:
-        return "method auto: dataset size unknown, so full fine-tuning is not considered"
-    if dataset_size >= cal.AUTO_FULL_MIN_EXAMPLES:
+def _auto_reason(size: DatasetSize | None) -> str:
+    rows = size.known_rows if size else None
+    if size is None or rows is None:
+        what = "unknown" if size is None else f"{size.describe()} (counting stopped early)"
+        return f"method auto: dataset size {what}, so full fine-tuning is not considered"
+    if rows >= cal.AUTO_FULL_MIN_EXAMPLES:
         return (
-            f"method auto: {dataset_size} examples >= {cal.AUTO_FULL_MIN_EXAMPLES}, so full"
-            " fine-tuning is tried first"
+            f"method auto: {size.describe()} >= {cal.AUTO_FULL_MIN_EXAMPLES:,} examples, so"
+            " full fine-tuning is tried first"
         )
     return (
-        f"method auto: {dataset_size} examples < {cal.AUTO_FULL_MIN_EXAMPLES}: LoRA, or QLoRA"
-        " when LoRA does not fit"
+        f"method auto: {size.describe()} < {cal.AUTO_FULL_MIN_EXAMPLES:,} examples: LoRA, or"
+        " QLoRA when LoRA does not fit"
     )
 
 
@@ -171,9 +230,11 @@ def _refusal(req: Request, shapes: list[Shape], all_methods: list[str] | None = 
     need, detail = _model_state_bytes(req)
     res = req.spec.resources
     frac = res.max_gpu_memory_fraction
-    biggest = max(shapes, key=lambda s: s.total_gpus * s.pool.gpu_memory_gi_b)
+    cap_ = req.policy.capability
+    shards = 3 in cap_.zero_stages  # else every GPU holds all model states
+    biggest = max(shapes, key=lambda s: (s.total_gpus if shards else 1) * s.pool.gpu_memory_gi_b)
     pool = biggest.pool
-    cap = biggest.total_gpus * pool.gpu_memory_gi_b * frac * cal.GiB
+    cap = (biggest.total_gpus if shards else 1) * pool.gpu_memory_gi_b * frac * cal.GiB
     name = req.arch.name
     methods = all_methods or [req.policy.name]
     head = f"{name} {' / '.join(methods)} fine-tuning"
@@ -182,6 +243,13 @@ def _refusal(req: Request, shapes: list[Shape], all_methods: list[str] | None = 
         f"{pool.gpu_memory_gi_b:g} GiB per node x {biggest.nodes} node(s) ="
         f" {_fmt_bytes(cap)} usable at maxGPUMemoryFraction {frac:g}"
     )
+    if not shards:
+        offer = (
+            f"{req.policy.name} keeps the whole model on every GPU (no ZeRO-3:"
+            f" {cap_.layout_notes.split('; ')[0]}), and the largest allowed GPU is"
+            f" {pool.name}'s {pool.gpu_memory_gi_b:g} GiB = {_fmt_bytes(cap)} usable at"
+            f" maxGPUMemoryFraction {frac:g}"
+        )
     if need > cap:
         msg = f"{head} needs ~{_fmt_bytes(need)} of model states ({detail}); {offer}, before"
         msg += " activations"
@@ -191,7 +259,7 @@ def _refusal(req: Request, shapes: list[Shape], all_methods: list[str] | None = 
             f" per-GPU peak (activations, the largest layer, or batch divisibility); {offer}"
         )
     hints = []
-    if req.policy.name == "full":
+    if req.policy.name == "full" or not shards:
         hints.append("use lora or qlora")
     elif req.policy.name == "lora":
         hints.append("use qlora")
@@ -214,7 +282,7 @@ def _refusal(req: Request, shapes: list[Shape], all_methods: list[str] | None = 
 def _build(
     req: Request,
     fit: Fit,
-    dataset_size: int | None,
+    size: DatasetSize | None,
     reasons: list[str],
     alternatives: list[Alternative],
 ) -> Plan:
@@ -245,6 +313,8 @@ def _build(
         zero_stage=fit.strategy.stage,
         offload=fit.strategy.offload,
         pool=shape.pool.name,
+        node_selector=dict(shape.pool.node_selector),
+        tolerations=list(shape.pool.tolerations),
         gpu_type=shape.pool.gpu_type,
         gpu_memory_gi_b=shape.pool.gpu_memory_gi_b,
         nodes=shape.nodes,
@@ -258,6 +328,7 @@ def _build(
         learning_rate=lr,
         max_seq_length=t.max_seq_length,
         parameters=a.parameters,
+        architecture=to_spec(a),
         trainable_parameters=req.trainable,
         predicted_peak_gi_b=round(est.total / cal.GiB, 2),
         headroom_gi_b=round(fit.headroom / cal.GiB, 2),
@@ -265,8 +336,10 @@ def _build(
         host_memory_gi_b=round(est.host_bytes / cal.GiB, 1),
         cost_per_hour=shape.cost_per_hour,
         reasons=[r for r in reasons if r],
-        warnings=warnings_for(req, fit, dataset_size),
+        warnings=warnings_for(req, fit, size.known_rows if size and size.complete else None),
         alternatives=alternatives,
+        dataset_rows=size.rows if size else None,
+        dataset_tokens=size.tokens if size else None,
     )
 
 
@@ -274,8 +347,20 @@ def _layout_reason(req: Request, fit: Fit) -> str:
     n = fit.shape.total_gpus
     label = fit.strategy.label(n)
     if fit.strategy.stage == 0:
-        return f"{label}: model states fit on each GPU unsharded"
-    return f"{label}: the least sharding that fits on {n} GPUs"
+        reason = f"{label}: model states fit on each GPU unsharded"
+        cap = req.policy.capability
+        if n > 1 and 3 not in cap.zero_stages:
+            reason += f"; ZeRO-3 is not offered for {cap.name}: {cap.layout_notes}"
+        return reason
+    reason = f"{label}: the least sharding that fits on {n} GPUs"
+    if req.policy.capability.quantised_base:
+        whole = req.policy.frozen_weight_bytes(req.arch, req.spec, 2) / cal.GiB
+        reason += (
+            f"; the 4-bit weights are stored as {fit.precision} (bnb_4bit_quant_storage) so"
+            f" DeepSpeed can shard them, and each rank holds the whole 4-bit base"
+            f" ({whole:.1f} GiB) while it loads"
+        )
+    return reason
 
 
 def _ckpt_reason(req: Request, fit: Fit) -> str:
@@ -318,6 +403,8 @@ def warnings_for(req: Request, fit: Fit | None, dataset_size: int | None) -> lis
             )
     if fit is not None:
         s = fit.shape
+        if s.nodes > 1:
+            out.extend(_shared_output_warnings(spec, s.nodes))
         if s.nodes > 1 and (s.pool.interconnect or "").lower() in ("", "ethernet", "tcp"):
             out.append(
                 f"{s.nodes} nodes over {s.pool.interconnect or 'an unknown interconnect'}:"
@@ -335,4 +422,21 @@ def warnings_for(req: Request, fit: Fit | None, dataset_size: int | None) -> lis
     return out
 
 
-__all__ = ["PlanRefused", "auto_methods", "plan", "warnings_for"]
+def _shared_output_warnings(spec: FineTuneJobSpec, nodes: int) -> list[str]:
+    """Several nodes write checkpoints (every rank its ZeRO shards) to one place."""
+    pvc = spec.output.pvc if spec.output else None
+    if pvc is None:
+        return [
+            f"{nodes} nodes but no output.pvc: each node keeps its part of every checkpoint"
+            " in its own pod, so a retry cannot resume and the results are lost with the"
+            " pods; give output.pvc a ReadWriteMany claim"
+        ]
+    if pvc.size is None:
+        return [
+            f"{nodes} nodes write to output.pvc {pvc.claim_name}: it must be ReadWriteMany"
+            " (the operator refuses to launch on a claim only one node can mount)"
+        ]
+    return []  # the operator creates it ReadWriteMany
+
+
+__all__ = ["DatasetSize", "PlanRefused", "auto_methods", "plan", "warnings_for"]

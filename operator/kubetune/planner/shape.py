@@ -90,6 +90,7 @@ class Request:
             lora_rank=lora.r if lora else 16,
             lora_dropout=(lora.dropout if lora else 0.05) > 0,
             extra_tokens=self.policy.extra_tokens(self.spec),
+            quantised=self.policy.capability.quantised_base,
         )
 
     def step_seconds(self, shape: Shape, checkpointing: bool) -> float:
@@ -146,16 +147,44 @@ def resolve_precision(requested: str, gpu_type: str) -> str | None:
     return requested
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", text.lower())
+VENDOR_PREFIXES = ("nvidia", "tesla", "amd")
+GB_PER_GIB = 2**30 / 1e9
+MEMORY_TOLERANCE = 0.1  # "80GB" on the box is 79.6 GiB = 85.5 GB as the driver reports it
+
+
+def _parts(text: str) -> list[str]:
+    """Lower-case name parts, without the vendor: `NVIDIA-H100-80GB-HBM3` -> h100 80gb hbm3."""
+    parts = [p for p in re.split(r"[^a-z0-9]+", text.lower()) if p]
+    while parts and parts[0] in VENDOR_PREFIXES:
+        parts = parts[1:]
+    return parts
 
 
 def pool_matches(pool: NodePool, gpu_type: str) -> bool:
-    """spec.resources.gpuType matches the pool's GPU product or its name."""
+    """spec.resources.gpuType names this pool's GPU, exactly: its product name, or a short
+    form of it that starts with the GPU model and keeps further parts in order (`L4`,
+    `NVIDIA-L4`, `nvidia-l4`; `H100`, `H100-80GB`), case and vendor prefix aside; a memory
+    part absent from the product name (`L4-24GB`) must match the pool's GPU memory within
+    10 %. Or the pool's name. `L4` is never `L40S`, `A10` never `A100` or `A10G`."""
     if gpu_type == "auto":
         return True
-    want = _norm(gpu_type)
-    return want in _norm(pool.gpu_type) or want == _norm(pool.name)
+    if _parts(gpu_type) == _parts(pool.name):
+        return True
+    want, have = _parts(gpu_type), _parts(pool.gpu_type)
+    if not want or not have or want[0] != have[0]:
+        return False
+    rest = iter(have[1:])
+    for part in want[1:]:
+        if part in rest:  # consumes the iterator up to the match: parts stay in order
+            continue
+        memory = re.fullmatch(r"(\d+)gb", part)
+        if memory is None or part in have:
+            return False
+        stated, actual = float(memory.group(1)), pool.gpu_memory_gi_b * GB_PER_GIB
+        if abs(actual - stated) > MEMORY_TOLERANCE * stated:
+            return False
+        rest = iter(have[1:])  # the memory part matched the pool, not a name part
+    return True
 
 
 # --------------------------------------------------------------------- shapes
@@ -240,6 +269,8 @@ def try_shape(req: Request, shape: Shape, offload: bool) -> Fit | Miss:
         if spec.training.gradient_checkpointing is None
         else [spec.training.gradient_checkpointing]
     )
+    if not req.policy.capability.gradient_checkpointing:
+        ckpt_options = [False]
     strategies = [s for s in req.policy.strategies(ranks) if (s.offload != "none") == offload]
     if not strategies:
         return Miss(shape, "no CPU-offload layout for this method" if offload else "no layout")

@@ -17,6 +17,7 @@ from kubetune.api import FineTuneJob
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune_trainer.exitcodes import OK
 
+from ..storage import use_credentials
 from .errors import BadInputError
 
 
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
         datasets.disable_progress_bars()
         spec = load_job_spec(args.job)
+        use_credentials(spec.object_stores())
         prepare(spec, args.tokenizer, args.out, num_proc=args.num_proc)
     except BadInputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,9 +14,11 @@ reports it with its file and line and drops it.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from kubetune.api.spec import FieldMapping
@@ -65,6 +67,46 @@ class Fields:
         return cls(**given)
 
 
+def check_readable(rows: Iterable[Mapping[str, Any]]) -> None:
+    """Refuse a source none of whose first raw rows (`file`, `line`, `raw`, `error`) is a
+    JSON object, naming the first row: the file is not JSON rows at all (plain text, the
+    wrong format for its name), and "N of N rows are malformed" would hide that."""
+    first: tuple[Mapping[str, Any], str] | None = None
+    count = 0
+    for row in rows:
+        problem = row["error"] or _not_an_object(row["raw"])
+        if not problem:
+            return
+        count += 1
+        first = first or (row, problem)
+    if first is None:
+        return
+    row, problem = first
+    file, line = str(row["file"]), int(row["line"])
+    unit = _UNITS.get(PurePosixPath(re.sub(r"\.(gz|zst|zstd)$", "", file.lower())).suffix, "line")
+    others = "the only row" if count == 1 else f"none of the first {count} rows is a JSON object"
+    raise BadInputError(
+        f"{unit} {line} is {problem} ({others}); check that the file holds JSON rows in the"
+        " format its name says",
+        file=file,
+        line=line,
+    )
+
+
+_UNITS = {".json": "item", ".parquet": "row", ".csv": "row"}
+
+
+def _not_an_object(raw: str) -> str:
+    """Why a raw row is not a JSON object, in words that follow "line N is"; "" if it is."""
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as err:
+        return f"not valid JSON ({err.msg} at column {err.colno})"
+    except RecursionError:
+        return "JSON nested too deeply to read"
+    return "" if isinstance(row, dict) else f"not a JSON object (got {_kind(row)})"
+
+
 def detect_format(rows: Iterable[str], fields: Fields) -> str:
     """The format most of the first parseable rows match; BadInputError when none does."""
     votes: Counter[str] = Counter()
@@ -72,7 +114,7 @@ def detect_format(rows: Iterable[str], fields: Fields) -> str:
     for raw in rows:
         try:
             row = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if not isinstance(row, dict):
             continue
@@ -114,8 +156,12 @@ def normalise(raw: str, fmt: str, fields: Fields, system_prompt: str | None) -> 
         row = json.loads(raw)
     except json.JSONDecodeError as err:
         raise RowError(f"invalid JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise RowError("JSON nested too deeply to read") from None
     if not isinstance(row, dict):
         raise RowError(f"row is not a JSON object (got {_kind(row)})")
+    if "\\u" in raw:  # an escape may decode to a lone surrogate, which is not text
+        _check_unicode(row)
     if fmt in ("messages", "sharegpt"):
         column = fields.messages if fmt == "messages" else fields.conversations
         messages = _messages(row, column, fmt, fields)
@@ -143,6 +189,22 @@ def normalise(raw: str, fmt: str, fields: Fields, system_prompt: str | None) -> 
             messages.insert(0, {"role": "system", "content": system})
     _check_conversation(messages)
     return {"messages": messages}
+
+
+def _check_unicode(value: Any) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            bad = value[err.start : err.end].encode("unicode_escape").decode()
+            raise RowError(f"invalid Unicode: a lone surrogate ({bad})") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key)
+            _check_unicode(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_unicode(item)
 
 
 def _string(row: dict[str, Any], key: str, required: bool = True, allow_empty: bool = False) -> str:

@@ -30,7 +30,16 @@ from kubetune.api.spec import FineTuneJobSpec
 
 from . import cleaning, pii, report, sources, split
 from .errors import BadInputError, RowProblem
-from .formats import KIND_OF_FORMAT, Fields, RowError, detect_format, example_text, normalise
+from .formats import (
+    DETECT_SAMPLE,
+    KIND_OF_FORMAT,
+    Fields,
+    RowError,
+    check_readable,
+    detect_format,
+    example_text,
+    normalise,
+)
 from .masking import IGNORE_INDEX, encode, fit_length, prompt_and_reference
 from .packing import pack
 from .templates import TemplateInfo, resolve_template, write_template
@@ -102,10 +111,11 @@ class Pipeline:
     def load(self, source: DataSource, role: str, count: bool = True) -> tuple[Dataset, str]:
         """Raw rows of one source, normalised; malformed rows recorded and removed."""
         raw = sources.load_raw(source, self.cache_dir)
+        sample = raw.select(range(min(len(raw), DETECT_SAMPLE)))
+        check_readable(sample)
         fmt: str = self.data.format
         if fmt == "auto":
-            head = [r for r in raw.select(range(min(len(raw), 200)))["raw"] if r]
-            fmt = detect_format(head, self.fields)
+            fmt = detect_format([r for r in sample["raw"] if r], self.fields)
         fields, system = self.fields, self.data.system_prompt
         kind = KIND_OF_FORMAT[fmt]
 

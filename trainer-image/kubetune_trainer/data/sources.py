@@ -15,21 +15,23 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import IO, Any
 
-import fsspec
 from datasets import Dataset, Features, Value
 
+from kubetune import contract
 from kubetune.api.common import DataSource
 
 from ..storage import errors as store_errors
-from ..storage import filesystem, storage_options
+from ..storage import filesystem
+from . import decode
 from .errors import BadInputError
 
-PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/kubetune/pvc"
+PVC_ROOT_ENV = contract.ENV_PVC_ROOT
+DEFAULT_PVC_ROOT = contract.PVC_ROOT
 """Where the operator mounts claim `<claimName>`: `<root>/<claimName>`."""
 
 KNOWN_EXTENSIONS = {
@@ -39,7 +41,7 @@ KNOWN_EXTENSIONS = {
     ".parquet": "parquet",
     ".csv": "csv",
 }
-COMPRESSIONS = (".gz", ".zst", ".zstd")
+COMPRESSIONS = tuple(decode.COMPRESSION)
 RAW_FEATURES = Features(
     {
         "file": Value("string"),
@@ -90,7 +92,7 @@ def list_files(url: str, forced_format: str = "auto") -> list[str]:
     A zero-byte `prefix/` key in an object store is a "folder" marker, never a data file.
     """
     fs, path = filesystem(url)
-    with store_errors(f"listing the dataset at {url}"):
+    with store_errors(f"listing the dataset at {url}", url):
         if not fs.exists(path):
             raise BadInputError("no such file or directory", file=url)
         if not fs.isdir(path):
@@ -124,55 +126,159 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str)
 
 
+def _item(file: str, line: int, item: Any) -> dict[str, Any]:
+    """The raw row of a parsed record; a string holding a lone surrogate (JSON's
+    `"\\ud801"` escape) is not Unicode text and would break the Arrow writer."""
+    raw = _dumps(item)
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = raw[err.start : err.end].encode("unicode_escape").decode()
+        return _row(file, line, error=f"invalid Unicode: a lone surrogate ({bad})")
+    return _row(file, line, raw=raw)
+
+
+CSV_FIELD_LIMIT = 1 << 30
+"""csv's default (128 KiB) is shorter than many documents; rows are bounded by memory."""
+UTF8_BOM = b"\xef\xbb\xbf"
+"""Spreadsheet exports start text with it; it belongs to no value."""
+
+
+@dataclass
+class _Read:
+    """How far a file has been read: records yielded, and the physical line reached."""
+
+    rows: int = 0
+    line: int = 0
+
+
 def iter_file(url: str, fmt: str) -> Iterator[dict[str, Any]]:
-    """Yield one raw row per record of `url`, with a 1-based line (or item) number."""
-    with store_errors(f"reading {url}"):
-        yield from _iter_open(url, fmt)
+    """Yield one raw row per record of `url`, with a 1-based line (or item) number.
+
+    Bytes that cannot be decoded (bad compression, the wrong container, broken encoding,
+    a file cut short) and a file without rows are bad input naming the file and where;
+    a row that is not valid JSON is only that row's problem (its `error`).
+    """
+    parse = _PARSERS.get(fmt)
+    if parse is None:
+        raise BadInputError(f"unknown file format {fmt!r}", file=url)
+    read = _Read()
+    with decode.open_bytes(url, fmt) as opened:
+        try:
+            yield from parse(url, opened.handle, read)
+        except Exception as err:
+            reason = decode.undecodable(err, fmt)
+            if reason is None:
+                raise
+            unit = "row" if fmt in ("parquet", "json") else "line"
+            raise BadInputError(reason + opened.where(read.line, unit), file=url) from err
+    if read.rows == 0:
+        raise BadInputError(_EMPTY[fmt] if read.line else "the file holds no rows", file=url)
 
 
-def _iter_open(url: str, fmt: str) -> Iterator[dict[str, Any]]:
-    name = url
-    with fsspec.open(url, "rb", compression="infer", **storage_options(url)) as handle:
-        if fmt == "jsonl":
-            for number, data in enumerate(_lines(handle), start=1):
-                try:
-                    text = data.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    yield _row(name, number, error=f"invalid UTF-8 ({err.reason})")
-                    continue
-                if text.strip():
-                    yield _row(name, number, raw=text)
-        elif fmt == "json":
+_EMPTY = {
+    "jsonl": "the file holds no rows, only blank lines",
+    "csv": "the file has a CSV header but no rows",
+    "json": "the file holds an empty array",
+    "parquet": "the file holds no rows",
+}
+
+
+def _jsonl(url: str, handle: IO[bytes], read: _Read) -> Iterator[dict[str, Any]]:
+    for number, data in enumerate(_lines(handle), start=1):
+        read.line = number
+        if number == 1:
+            data = data.removeprefix(UTF8_BOM)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            read.rows += 1
+            yield _row(url, number, error=f"invalid UTF-8 ({err.reason})")
+            continue
+        if text.strip():
+            read.rows += 1
+            yield _row(url, number, raw=text)
+
+
+def _json(url: str, handle: IO[bytes], read: _Read) -> Iterator[dict[str, Any]]:
+    data = handle.read()
+    try:
+        items = json.loads(data.removeprefix(UTF8_BOM).decode("utf-8"))
+    except RecursionError as err:
+        raise BadInputError("JSON nested too deeply to read", file=url) from err
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise BadInputError(f"invalid UTF-8 ({err.reason})", file=url, line=line) from err
+    except json.JSONDecodeError as err:
+        hint = (
+            "; one JSON object per line is JSON Lines: name the file .jsonl"
+            if err.msg == "Extra data"
+            else ""
+        )
+        raise BadInputError(
+            f"invalid JSON: {err.msg} at column {err.colno}{hint}", file=url, line=err.lineno
+        ) from err
+    if not isinstance(items, list):
+        raise BadInputError("a .json file must hold an array of rows", file=url)
+    read.line = 1
+    for number, item in enumerate(items, start=1):
+        read.rows = read.line = number
+        yield _item(url, number, item)
+
+
+def _parquet(url: str, handle: IO[bytes], read: _Read) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    # Parquet reads its footer first: a decompressing stream cannot seek from the end.
+    source = handle if isinstance(handle, decode.StoreStream) else io.BytesIO(handle.read())
+    for batch in pq.ParquetFile(source).iter_batches(batch_size=1024):
+        for item in batch.to_pylist():
+            read.rows = read.line = read.rows + 1
+            yield _item(url, read.rows, item)
+
+
+def _csv(url: str, handle: IO[bytes], read: _Read) -> Iterator[dict[str, Any]]:
+    def text_lines() -> Iterator[str]:
+        # Decoded line by line, so an encoding error names its exact line. csv wants lines
+        # split at \r, \n and \r\n with their ends kept (what open(newline="") gives).
+        physical = (p for data in _lines(handle) for p in (data + b"\n").splitlines(True))
+        for number, data in enumerate(physical, start=1):
+            read.line = number
             try:
-                items = json.load(io.TextIOWrapper(handle, encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise BadInputError(f"invalid JSON: {err}", file=name) from err
-            if not isinstance(items, list):
-                raise BadInputError("a .json file must hold an array of rows", file=name)
-            for number, item in enumerate(items, start=1):
-                yield _row(name, number, raw=_dumps(item))
-        elif fmt == "parquet":
-            import pyarrow.parquet as pq
+                yield (data.removeprefix(UTF8_BOM) if number == 1 else data).decode()
+            except UnicodeDecodeError as err:
+                raise BadInputError(
+                    f"invalid UTF-8 ({err.reason}) at column {err.start + 1}",
+                    file=url,
+                    line=number,
+                ) from err
 
-            number = 0
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=1024):
-                for item in batch.to_pylist():
-                    number += 1
-                    yield _row(name, number, raw=_dumps(item))
-        elif fmt == "csv":
-            reader = csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8", newline=""))
-            _ = reader.fieldnames  # reads the header, so line_num counts from it
-            while True:
-                start = reader.line_num + 1
-                try:
-                    item = next(reader)
-                except StopIteration:
-                    break
-                except (csv.Error, UnicodeDecodeError) as err:
-                    raise BadInputError(f"invalid CSV: {err}", file=name, line=start) from err
-                yield _row(name, start, raw=_dumps(item))
-        else:
-            raise BadInputError(f"unknown file format {fmt!r}", file=name)
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.DictReader(text_lines())
+    try:
+        header = reader.fieldnames  # reads the header, so line_num counts from it
+    except csv.Error as err:
+        raise BadInputError(f"invalid CSV header: {err}", file=url, line=1) from err
+    if not header:
+        raise BadInputError("the file holds no CSV header, only blank lines", file=url)
+    while True:
+        start = reader.line_num + 1
+        try:
+            item = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise BadInputError(f"invalid CSV: {err}", file=url, line=start) from err
+        read.rows += 1
+        yield _row(url, start, raw=_dumps(item))
+
+
+_PARSERS: dict[str, Callable[[str, IO[bytes], _Read], Iterator[dict[str, Any]]]] = {
+    "jsonl": _jsonl,
+    "json": _json,
+    "parquet": _parquet,
+    "csv": _csv,
+}
 
 
 def _lines(handle: Any, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -199,7 +305,7 @@ def _iter_hub(source: DataSource) -> Iterator[dict[str, Any]]:
     ds = load_dataset(hf.repo, hf.config, split=hf.split, revision=hf.revision)
     name = f"hf://{hf.repo}@{hf.revision}[{hf.split}]"
     for number, item in enumerate(ds, start=1):
-        yield _row(name, number, raw=_dumps(item))
+        yield _item(name, number, item)
 
 
 def _fingerprint(urls: list[str], fmt: str) -> str:
@@ -207,7 +313,7 @@ def _fingerprint(urls: list[str], fmt: str) -> str:
     digest = hashlib.sha256(fmt.encode())
     for url in urls:
         fs, path = filesystem(url)
-        with store_errors(f"reading {url}"):
+        with store_errors(f"reading {url}", url):
             info = fs.info(path)
         stamp = {k: info.get(k) for k in ("size", "mtime", "ETag", "etag", "md5Hash", "created")}
         digest.update(_dumps([url, stamp]).encode())

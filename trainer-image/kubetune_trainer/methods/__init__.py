@@ -1,6 +1,7 @@
-"""The fine-tuning methods, by the name `plan.method` uses.
+"""The fine-tuning methods' builders, by the name `plan.method` uses.
 
-Adding a method is a module with a `Method` subclass and one line in `METHODS`.
+What each method can run with is its row in `kubetune.capabilities`; adding a method is
+that row, a module here with a `Method` subclass and one line in `METHODS`.
 """
 
 from __future__ import annotations
@@ -29,9 +30,4 @@ def get_method(name: str) -> Method:
         ) from None
 
 
-def default_learning_rate(name: str) -> float:
-    """The method's usual peak learning rate (what the planner uses when the spec has none)."""
-    return get_method(name).default_learning_rate
-
-
-__all__ = ["METHODS", "Hardware", "Method", "default_learning_rate", "get_method"]
+__all__ = ["METHODS", "Hardware", "Method", "get_method"]

@@ -1,7 +1,10 @@
-"""What every fine-tuning method states about itself; the recipe asks, never branches.
+"""How a fine-tuning method loads and wraps the model; the recipe asks, never branches.
 
-Modules here import peft/bitsandbytes inside functions so that the registry (and the
-default learning rates) can be read without torch installed.
+What a method can run with (ZeRO stages, offload, packing, checkpointing, its default
+learning rate) is its row in `kubetune.capabilities`, the table the planner plans from;
+a method here only builds: load arguments, the PEFT config, model preparation, the
+optimizer. Modules import peft/bitsandbytes inside functions so that the registry can be
+read without torch installed.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any, ClassVar
 
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.status import Plan
+from kubetune.capabilities import Capability, capability
 
 from ..failures import BadInput
 
@@ -28,40 +32,37 @@ class Method:
     """A fine-tuning method: how to load the base model and what to wrap it in."""
 
     name: ClassVar[str]
-    default_learning_rate: ClassVar[float]
-    trains_base_weights: ClassVar[bool] = False
-    """Full fine-tuning: the saved result is the whole model, not an adapter."""
-    quantized: ClassVar[bool] = False
-    supports_packing: ClassVar[bool] = True
-    """Methods that prepend virtual tokens cannot follow packed position ids."""
-    supports_gradient_checkpointing: ClassVar[bool] = True
-    max_zero_stage: ClassVar[int] = 3
-    supports_offload: ClassVar[bool] = True
+
+    @property
+    def capability(self) -> Capability:
+        return capability(self.name)
 
     def validate(self, spec: FineTuneJobSpec, plan: Plan) -> None:
-        """Refuse combinations that cannot work, with what to change instead."""
-        if plan.zero_stage > self.max_zero_stage:
+        """Refuse a layout the capability table does not allow, saying what to change."""
+        problem = self.capability.layout_problem(plan.zero_stage, plan.offload)
+        if problem is not None:
             raise BadInput(
-                f"method {self.name} does not run under DeepSpeed ZeRO-{plan.zero_stage}"
-                f" (at most ZeRO-{self.max_zero_stage}); plan it with DDP"
-                f"{' or ZeRO-' + str(self.max_zero_stage) if self.max_zero_stage else ''}"
-                " (zeroStage 0) or choose method full/lora"
+                f"plan.zeroStage {plan.zero_stage} / plan.offload {plan.offload}: {problem};"
+                " re-plan the job (kubetune plan) instead of editing the plan"
             )
-        if plan.offload != "none" and not self.supports_offload:
+        if plan.gradient_checkpointing and not self.capability.gradient_checkpointing:
             raise BadInput(
-                f"method {self.name} does not support DeepSpeed CPU offload"
-                f" ({plan.offload}); use offload none"
+                f"plan.gradientCheckpointing: {self.name} cannot recompute activations;"
+                " re-plan the job (kubetune plan) instead of editing the plan"
             )
 
-    def load_kwargs(self, spec: FineTuneJobSpec, hardware: Hardware) -> dict[str, Any]:
-        """Extra `from_pretrained` arguments (quantisation)."""
+    def load_kwargs(
+        self, spec: FineTuneJobSpec, hardware: Hardware, dtype: Any, sharded: bool
+    ) -> dict[str, Any]:
+        """Extra `from_pretrained` arguments (quantisation) for a model loaded in `dtype`,
+        `sharded` under DeepSpeed ZeRO-3."""
         return {}
 
     def peft_config(self, spec: FineTuneJobSpec, tokenizer_path: str) -> Any:
         """The PEFT config that SFTTrainer wraps the model with; None trains the weights."""
         return None
 
-    def prepare_model(self, model: Any, gradient_checkpointing: bool) -> Any:
+    def prepare_model(self, model: Any, gradient_checkpointing: bool, sharded: bool) -> Any:
         """Method-specific model preparation before PEFT wrapping."""
         return model
 

@@ -7,5 +7,3 @@ from .base import Method
 
 class Full(Method):
     name = "full"
-    default_learning_rate = 2e-5
-    trains_base_weights = True

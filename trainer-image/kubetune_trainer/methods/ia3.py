@@ -11,7 +11,6 @@ from .base import Method
 
 class IA3(Method):
     name = "ia3"
-    default_learning_rate = 3e-3
 
     def peft_config(self, spec: FineTuneJobSpec, tokenizer_path: str) -> Any:
         from peft import IA3Config, TaskType

@@ -30,7 +30,6 @@ def lora_config(spec: FineTuneJobSpec) -> Any:
 
 class LoRA(Method):
     name = "lora"
-    default_learning_rate = 2e-4
 
     def peft_config(self, spec: FineTuneJobSpec, tokenizer_path: str) -> Any:
         return lora_config(spec)

@@ -15,9 +15,6 @@ from .base import Method
 
 class PromptTuning(Method):
     name = "prompt-tuning"
-    default_learning_rate = 3e-2
-    supports_packing = False
-    max_zero_stage = 2
 
     def peft_config(self, spec: FineTuneJobSpec, tokenizer_path: str) -> Any:
         from peft import PromptTuningConfig, PromptTuningInit, TaskType
@@ -38,10 +35,6 @@ class PromptTuning(Method):
 
 class PrefixTuning(Method):
     name = "prefix-tuning"
-    default_learning_rate = 1e-2
-    supports_packing = False
-    supports_gradient_checkpointing = False  # the prefix is a KV cache, not recomputable
-    max_zero_stage = 2
 
     def peft_config(self, spec: FineTuneJobSpec, tokenizer_path: str) -> Any:
         from peft import PrefixTuningConfig, TaskType
