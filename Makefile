@@ -1,7 +1,8 @@
 # kubetune — every set-up step lives here so a fresh clone needs nothing else.
 #
-#   make test   ruff + mypy + pytest (creates the cached virtualenv on first use)
-#   make demo   the main job on the embedded local cluster
+#   make test     ruff + mypy + pytest (creates the cached virtualenv on first use)
+#   make demo     the main job on the embedded local cluster's real node
+#   make images   the operator and trainer images (docker.io, cached layers)
 #
 # The virtualenv and all downloads live outside the clone, keyed by the lock file,
 # so a second run (or CI on the same machine) installs nothing.
@@ -26,10 +27,10 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.kubetune-installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock test lint typecheck pytest crds demo demo-down clean-venv
+.PHONY: help venv lock test lint typecheck pytest crds demo demo-down images clean-venv
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,9p' Makefile
 
 $(UV):
 	$(PYTHON) -m venv $(UV_DIR)
@@ -87,19 +88,31 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# The demo LoRA FineTuneJob on the local cluster `demo`: helm-installed operator (run by the
-# pod runner under the chart's ServiceAccount), live progress, final status. Re-runnable.
+# The demo LoRA FineTuneJob on the local cluster `demo` and its real node (kubelet +
+# containerd): the helm-installed operator image under the chart's ServiceAccount, the
+# trainer image, live progress, final status. Builds what is missing; re-runnable.
 demo: $(STAMP)
 	$(VPY) -m tests.localcluster.demo up
 
 demo-down: $(STAMP)
 	$(VPY) -m tests.localcluster.demo down
 
+# The operator and trainer images (operator/Dockerfile, trainer-image/Dockerfile), built with
+# Debian's docker.io on a private socket from debootstrap-made bases; layers cached in
+# $(KUBETUNE_CACHE)/docker, so a rerun rebuilds only what changed. See docs/images.md.
+images:
+	hack/build-images.sh
+
 # The local cluster's binaries (kube-apiserver, -controller-manager, -scheduler, kubectl from
-# source; etcd from Debian) and helm, cached under $(KUBETUNE_CACHE)/k8s-<v>, helm-<v>.
-.PHONY: k8s-bins helm gitops-tools
+# source; etcd from Debian), the real node's (kubelet, kube-proxy, pause, CoreDNS, the fake-GPU
+# device plugin; containerd, runc and CNI plugins from Debian) and helm, cached under
+# $(KUBETUNE_CACHE)/k8s-<v>, nodeaddons-<hash>, helm-<v>.
+.PHONY: k8s-bins node-bins helm gitops-tools
 k8s-bins:
 	hack/build-k8s.sh k8s
+
+node-bins:
+	hack/build-k8s.sh node
 
 helm:
 	hack/build-k8s.sh helm

@@ -46,7 +46,7 @@ NAMESPACED_DENIED = [
     ("get", "configmaps"),
     ("delete", "services"),
     ("update", "finetunejobs.kubetune.io"),
-    # Granted before the audit-log proof (test_rbac_e2e.py) showed nothing uses them.
+    # Granted before the audit-log proof (now in test_realnode.py) showed nothing uses them.
     ("patch", "finetunejobs.kubetune.io"),
     ("patch", "jobs.batch"),
     ("deletecollection", "pods"),

@@ -45,6 +45,22 @@ def ensure_k8s_binaries() -> Path:
     return bin_dir
 
 
+NODE_BINARIES = ("kubelet", "kube-proxy", "pause")
+
+
+def ensure_node_binaries() -> tuple[Path, Path]:
+    """(k8s bin dir with kubelet, kube-proxy and pause; node add-ons bin dir with coredns and
+    fakegpu), building what is missing and installing containerd, runc and the CNI plugins.
+    The script is always run: it is instant when everything is cached, and only it knows the
+    add-ons' cache key (a hash of hack/nodeaddons)."""
+    env = {**os.environ, "KUBETUNE_K8S_VERSION": K8S_VERSION}
+    r = subprocess.run(
+        [str(BUILD_SCRIPT), "node"], check=True, env=env, stdout=subprocess.PIPE, text=True
+    )
+    k8s_bin, addons_bin = r.stdout.split()
+    return Path(k8s_bin), Path(addons_bin)
+
+
 def ensure_helm() -> Path:
     """Return the path of the cached helm binary, building it if needed."""
     helm = helm_bin_dir() / "helm"

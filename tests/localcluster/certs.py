@@ -90,8 +90,23 @@ CLIENTS = {
 }
 
 
-def make_pki(d: Path) -> Pki:
-    """Create CA, apiserver serving cert, client certs and the service-account key pair."""
+def issue_client_cert(pki: Pki, name: str, subject: str) -> tuple[Path, Path]:
+    """A client certificate (and key) signed by the cluster CA, e.g. a node's
+    `/O=system:nodes/CN=system:node:<name>`; returns (cert, key)."""
+    _leaf(
+        pki,
+        name,
+        subject,
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n",
+    )
+    pki.pair(name)[1].chmod(0o600)
+    return pki.pair(name)
+
+
+def make_pki(d: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Create CA, apiserver serving cert, client certs and the service-account key pair.
+    `extra_ips` are more addresses the API server is reached at (the real node's link)."""
     d.mkdir(parents=True, exist_ok=True)
     pki = Pki(d)
     _openssl(
@@ -116,6 +131,7 @@ def make_pki(d: Path) -> Pki:
         [
             "IP:127.0.0.1",
             "IP:10.96.0.1",
+            *(f"IP:{ip}" for ip in extra_ips),
             "DNS:localhost",
             "DNS:kubernetes",
             "DNS:kubernetes.default",
@@ -139,13 +155,7 @@ def make_pki(d: Path) -> Pki:
         "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
     )
     for name, subject in CLIENTS.items():
-        _leaf(
-            pki,
-            name,
-            subject,
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage=clientAuth\n",
-        )
+        issue_client_cert(pki, name, subject)
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key", cwd=d)
     _openssl("ec", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
     for p in d.iterdir():

@@ -1,5 +1,6 @@
 """Start and stop one local control plane: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and the fake-kubelet agent, on loopback, in one temporary directory.
+kube-scheduler and the fake-kubelet agent, on loopback, in one temporary directory; with
+`real_node=True`, also a real node (kubelet + containerd, :mod:`tests.localcluster.realnode`).
 
 Every process it starts (and every pod process the agent starts) carries
 KUBETUNE_LOCALCLUSTER=<dir> in its environment, so `stop()` can sweep anything left and tests
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -33,6 +33,8 @@ from tests.localcluster.build import K8S_VERSION, REPO_ROOT, ensure_k8s_binaries
 from tests.localcluster.certs import Pki, make_pki
 from tests.localcluster.kube import api_client, raw
 from tests.localcluster.podrunner import read_logs
+from tests.localcluster.procs import die_with_parent, spawn, terminate, wait_until
+from tests.localcluster.realnode import HOST_IP, RealNode
 
 MARKER = "KUBETUNE_LOCALCLUSTER"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -61,12 +63,6 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def _die_with_parent() -> None:
-    """preexec: SIGTERM the child when the process that started it dies (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def leftover_processes(cluster_dir: str | Path) -> list[int]:
@@ -104,20 +100,48 @@ class LocalCluster:
     `python -m tests.localcluster up`); otherwise they die with it even on a crash.
     `audit=True` starts kube-apiserver with a Metadata-level audit log at :attr:`audit_log`
     (JSON lines, one `audit.k8s.io/v1` Event per request).
+
+    `real_node=True` adds the machine's one real node (:class:`RealNode`: kubelet, containerd,
+    CNI, kube-proxy, CoreDNS, fake GPUs) and, by default, no fake nodes: pass `pools`/`cpu_nodes`
+    to have both. The API server then binds the host end of the node's veth
+    (:data:`HOST_IP`) instead of loopback, so pods reach it. `real_node_pools` is the pools file
+    whose first pool the node stands in for; `images` builds and loads the operator and trainer
+    images; `node_lock_timeout` is how long to wait for another real node on the machine.
     """
 
     def __init__(
         self,
         dir: str | Path | None = None,
         pools: str | Path | None = None,
-        cpu_nodes: int = 1,
+        cpu_nodes: int | None = None,
         images: str | Path | None = None,
         detached: bool = False,
         audit: bool = False,
+        real_node: bool = False,
+        real_node_pools: str | Path | None = None,
+        real_node_images: bool = True,
+        node_lock_timeout: float = 3600.0,
+        name: str = "",
     ) -> None:
         self.dir = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="kubetune-localcluster-"))
         self.pools = pools
-        self.cpu_nodes = cpu_nodes
+        self.cpu_nodes = (0 if real_node else 1) if cpu_nodes is None else cpu_nodes
+        self.node: RealNode | None = None
+        self.say: Callable[[str], None] = lambda msg: None
+        self.host = "127.0.0.1"
+        self.node_lock_timeout = node_lock_timeout
+        if real_node:
+            self.node = RealNode(
+                self.dir,
+                {MARKER: str(self.dir)},
+                pools=real_node_pools,
+                images=real_node_images,
+                detached=detached,
+                name=name,
+            )
+            self.host = HOST_IP
+            if pools is None:
+                self.pools = Path(__file__).with_name("no-pools.yaml")
         self.images = images
         self.detached = detached
         self.audit = audit
@@ -141,7 +165,7 @@ class LocalCluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.host}:{self.apiserver_port}"
 
     def api_client(self) -> client.ApiClient:
         """A fresh admin ApiClient (system:masters)."""
@@ -174,7 +198,10 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ start
 
-    def start(self) -> LocalCluster:
+    def start(self, say: Callable[[str], None] | None = None) -> LocalCluster:
+        """Start everything; `say` hears about long steps (waiting for the machine's real
+        node, building images)."""
+        self.say = say or (lambda msg: print(f"localcluster: {msg}", file=sys.stderr, flush=True))
         self.bin_dir = ensure_k8s_binaries()
         t0 = time.monotonic()
         try:
@@ -189,7 +216,10 @@ class LocalCluster:
         d = self.dir
         d.mkdir(parents=True, exist_ok=True)
         (d / "logs").mkdir(exist_ok=True)
-        pki = make_pki(d / "pki")
+        if self.node is not None:  # the API server binds the node link's host end
+            self.node.network_up(self.node_lock_timeout, self.say)
+            self._save_state()
+        pki = make_pki(d / "pki", extra_ips=(self.host,) if self.node else ())
         etcd_port, peer_port, api_port, kcm_port, sched_port, kubelet_port = _free_ports(6)
         self.apiserver_port = api_port
         self._write_kubeconfigs(pki)
@@ -231,8 +261,8 @@ class LocalCluster:
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={api_port}",
                 f"--cert-dir={d / 'apiserver-certs'}",
                 f"--tls-cert-file={cert}",
@@ -312,9 +342,14 @@ class LocalCluster:
             agent.append(f"--images={self.images}")
         self._spawn("agent", agent, cwd=REPO_ROOT)
         self._save_state()
+        if self.node is not None:
+            self.node.start(pki, self.server, self.say)
+            self._save_state()
         api = self.api_client()
         try:
             core = client.CoreV1Api(api)
+            if self.node is not None:
+                self.node.wait_ready(api)
             self._wait("nodes Ready", lambda: self._nodes_ready(core), START_TIMEOUT)
             self._wait(
                 "controller-manager (default ServiceAccount)",
@@ -380,41 +415,24 @@ class LocalCluster:
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])
             )
-        with open(self.dir / "logs" / f"{name}.log", "ab") as logf:
-            p = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd or self.dir,
-                start_new_session=True,
-                preexec_fn=None if self.detached else _die_with_parent,
-            )
+        p = spawn(
+            argv,
+            self.dir / "logs" / f"{name}.log",
+            env,
+            cwd or self.dir,
+            None if self.detached else die_with_parent,
+        )
         self.procs[name] = p
         self.pids[name] = p.pid
 
     def _wait(self, what: str, ok: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, p in self.procs.items():
-                if p.poll() is not None:
-                    raise RuntimeError(
-                        f"{name} exited with {p.returncode} while waiting for {what}; "
-                        f"log: {self.dir / 'logs' / (name + '.log')}\n{self._log_tail(name)}"
-                    )
-            with contextlib.suppress(Exception):
-                if ok():
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} ({self.dir})")
-
-    def _log_tail(self, name: str) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(
-                (self.dir / "logs" / f"{name}.log").read_text(errors="replace").splitlines()[-20:]
-            )
-        return ""
+        wait_until(
+            f"{what} ({self.dir})",
+            ok,
+            timeout,
+            self.procs,
+            lambda name: self.dir / "logs" / f"{name}.log",
+        )
 
     @staticmethod
     def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
@@ -436,11 +454,14 @@ class LocalCluster:
     # ------------------------------------------------------------------ state (CLI)
 
     def _save_state(self) -> None:
-        state = {
+        state: dict[str, Any] = {
             "pids": self.pids,
             "apiserver_port": self.apiserver_port,
             "bin_dir": str(self.bin_dir),
+            "host": self.host,
         }
+        if self.node is not None:
+            state["node"] = self.node.state()
         (self.dir / "state.json").write_text(json.dumps(state))
 
     @classmethod
@@ -451,12 +472,18 @@ class LocalCluster:
         c.pids = {k: int(v) for k, v in state["pids"].items()}
         c.apiserver_port = state["apiserver_port"]
         c.bin_dir = Path(state["bin_dir"])
+        c.host = state.get("host", "127.0.0.1")
+        if "node" in state:
+            c.node = RealNode.attach(c.dir, {MARKER: str(c.dir)}, state["node"])
         return c
 
     # ------------------------------------------------------------------ stop
 
     def stop(self, remove: bool = True) -> None:
-        """Stop everything (the agent first, so it can kill pods) and sweep leftovers."""
+        """Stop everything (the real node and the agent first, so they can kill pods) and
+        sweep leftovers."""
+        if self.node is not None:
+            self.node.stop()
         order = ["agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
         for name in order:
             pid = self.pids.get(name)
@@ -479,27 +506,4 @@ class LocalCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _terminate(self, name: str, pid: int, timeout: float) -> None:
-        proc = self.procs.get(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc is not None:
-                if proc.poll() is not None:
-                    return
-            elif not _alive(pid):
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+        terminate(pid, self.procs.get(name), timeout)

@@ -1,11 +1,15 @@
-"""`make demo`: the demo LoRA FineTuneJob on the local cluster, with the operator installed
-by `helm install` and run by the pod runner under the chart's ServiceAccount.
+"""`make demo`: the demo LoRA FineTuneJob on the local cluster's real node: the operator
+installed by `helm install` from the locally built operator image, under the chart's
+ServiceAccount, and the job's pods run from the trainer image, as containers of a real
+kubelet + containerd under restricted Pod Security.
 
     python -m tests.localcluster.demo up     # start (or reuse) everything, train, report
     python -m tests.localcluster.demo down   # stop the cluster, remove the demo files
 
-`up` is idempotent: a running `demo` cluster is reused, the release is upgraded in place
-(keeping its ports), and an earlier demo job and its outputs are replaced by a fresh run.
+`up` is idempotent: a running `demo` cluster is reused, the images are rebuilt when the
+checkout changed them, the release is upgraded in place and the operator restarted, and an
+earlier demo job and its outputs are replaced by a fresh run. The wait for the job follows its
+progress: it gives up only when nothing moved for `KUBETUNE_DEMO_STALL_SECONDS` (600).
 The demo's files live in `.demo/` in the clone (gitignored): `volume/` is the hostPath
 behind the `kubetune-demo` claim (model, data, and the run's outputs under `runs/`).
 """
@@ -13,22 +17,26 @@ behind the `kubetune-demo` claim (model, data, and the run's outputs under `runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kubetune import contract as c
+from tests.integration.harness import JobWatch, get_job
 from tests.localcluster.__main__ import _running, cluster_dir
 from tests.localcluster.build import REPO_ROOT, ensure_helm
 from tests.localcluster.cluster import LocalCluster
+from tests.localcluster.realnode import POOLS
+from tests.waits import Stalled, wait_progress
 
 NAME = "demo"  # the local cluster's name (python -m tests.localcluster ... --name demo)
 RELEASE = "kubetune"
@@ -39,21 +47,14 @@ CLAIM = "kubetune-demo"
 DEMO_DIR = REPO_ROOT / ".demo"
 VOLUME = DEMO_DIR / "volume"
 EXAMPLE = REPO_ROOT / "examples" / "demo-lora.yaml"
-POOLS = REPO_ROOT / "tests" / "localcluster" / "pools.yaml"
 CHART = REPO_ROOT / "charts" / "kubetune"
-WATCH_TIMEOUT = 540
+STALL_SECONDS = float(os.environ.get("KUBETUNE_DEMO_STALL_SECONDS", "600"))
 
 _t0 = time.monotonic()
 
 
 def say(msg: str) -> None:
     print(f"==> [{time.monotonic() - _t0:5.0f}s] {msg}", flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _helm(*args: str, check: bool = True, kubeconfig: Path) -> subprocess.CompletedProcess[str]:
@@ -84,35 +85,26 @@ def ensure_cluster() -> LocalCluster:
     if (d / "state.json").exists():  # a dead or half-started one: clear it first
         LocalCluster.attach(d).stop()
     shutil.rmtree(d, ignore_errors=True)
-    say(f"starting the local cluster {NAME!r} (etcd, kube-apiserver, controllers, fake GPUs)")
-    cluster = LocalCluster(dir=d, pools=POOLS, detached=True)
-    cluster.start()
-    say(f"local cluster up in {cluster.startup_seconds:.1f}s at {cluster.server}")
+    say(
+        f"starting the local cluster {NAME!r}: etcd, kube-apiserver, controllers and a real node"
+        " (kubelet, containerd, CNI, kube-proxy, CoreDNS, 2 fake GPUs). The first run on a"
+        " machine installs containerd/runc/CNI/docker.io with apt (~1 min), builds the"
+        " Kubernetes binaries (~5 min), CoreDNS and the device plugin (~2 min), and the"
+        " operator and trainer images (~10 min: debootstrap base, ~3.5 GB of wheels), then"
+        " loads them into containerd (~5 min); later runs take about a minute"
+    )
+    cluster = LocalCluster(dir=d, detached=True, real_node=True, name=NAME)
+    cluster.start(say=say)
+    say(f"local cluster up in {cluster.startup_seconds:.0f}s at {cluster.server}")
     return cluster
 
 
-def install_chart(cluster: LocalCluster) -> None:
-    """`helm upgrade --install` the chart cluster-wide; reuses an earlier release's ports."""
+def install_chart(cluster: LocalCluster, restart: bool) -> None:
+    """`helm upgrade --install` the chart cluster-wide with its default images (the ones
+    `make images` built and the node holds); `restart` rolls the operator onto a rebuilt image."""
     kc = cluster.kubeconfig
-    ports: dict[str, Any] = {}
-    r = _helm("get", "values", RELEASE, "-n", OPERATOR_NS, "-o", "json", check=False, kubeconfig=kc)
-    if r.returncode == 0:
-        old = json.loads(r.stdout or "{}") or {}
-        if old.get("service", {}).get("port") and old.get("healthPort"):
-            ports = {"progress": old["service"]["port"], "health": old["healthPort"]}
-    ports_reused = bool(ports)
-    if not ports:
-        ports = {"progress": _free_port(), "health": _free_port()}
-    # The pod runner shares the host's network and has no Service DNS: trainer pods report
-    # to the operator pod's port on 127.0.0.1.
     values = {
-        "image": {"repository": "kubetune-operator", "tag": "local"},
         "nodePools": yaml.safe_load(POOLS.read_text())["pools"],
-        "healthPort": ports["health"],
-        "service": {
-            "port": ports["progress"],
-            "progressURL": f"http://127.0.0.1:{ports['progress']}",
-        },
         "config": {"progressIntervalSeconds": 2, "logFormat": "full"},
     }
     DEMO_DIR.mkdir(exist_ok=True)
@@ -131,24 +123,27 @@ def install_chart(cluster: LocalCluster) -> None:
         str(vf),
         "--wait",
         "--timeout",
-        "180s",
+        "300s",
         kubeconfig=kc,
     )
-    if ports_reused:  # a re-run: a fresh operator process, on this checkout's code
-        dep = f"deploy/{RELEASE}"
+    dep = f"deploy/{RELEASE}"
+    if restart:  # a re-run: a fresh operator pod, on the image as built now
         cluster.kubectl("rollout", "restart", dep, "-n", OPERATOR_NS)
-        cluster.kubectl("rollout", "status", dep, "-n", OPERATOR_NS, "--timeout=120s")
-    pod = cluster.kubectl(
+        cluster.kubectl("rollout", "status", dep, "-n", OPERATOR_NS, "--timeout=300s")
+    pods = cluster.kubectl(
         "get",
         "pods",
         "-n",
         OPERATOR_NS,
         "-l",
         f"app.kubernetes.io/instance={RELEASE}",
+        "--field-selector=status.phase=Running",
         "-o",
-        "name",
-    ).split()
-    say(f"operator running as {', '.join(pod)} under ServiceAccount {OPERATOR_NS}/{RELEASE}")
+        "jsonpath={range .items[*]}{.metadata.name} {.spec.containers[0].image}{'\\n'}{end}",
+    ).split("\n")
+    for line in filter(None, pods):
+        pod, image = line.split()
+        say(f"operator running as pod/{pod} ({image}) under ServiceAccount {OPERATOR_NS}/{RELEASE}")
 
 
 def prepare_volume(cluster: LocalCluster) -> None:
@@ -197,8 +192,43 @@ def run_job(cluster: LocalCluster) -> int:
     say(f"kubetune status {JOB} -n {JOB_NS} --watch")
     env = {**cluster.env(), "PYTHONUNBUFFERED": "1"}
     kubetune = [sys.executable, "-m", "kubetune.cli.main"]
-    watch = [*kubetune, "status", JOB, "-n", JOB_NS, "--watch", "--interval", "2"]
-    rc = subprocess.run([*watch, "--timeout", str(WATCH_TIMEOUT)], env=env, check=False).returncode
+    watch = subprocess.Popen(
+        [*kubetune, "status", JOB, "-n", JOB_NS, "--watch", "--interval", "2"], env=env
+    )
+    # Follow the job as long as something moves (its status, its pods, their logs); give up
+    # only after STALL_SECONDS of nothing, saying what was seen last.
+    api = cluster.api_client()
+    moving = JobWatch(api, JOB_NS, JOB)
+    body: dict[str, Any] = {}
+
+    last: Hashable = None
+
+    def observe() -> Hashable:
+        nonlocal body, last
+        with contextlib.suppress(Exception):  # the API server busy a moment: not movement
+            body = get_job(api, JOB_NS, JOB)
+            last = moving.state(body)
+        return last
+
+    stalled = False
+    try:
+        wait_progress(
+            lambda: watch.poll() is not None,
+            observe,
+            f"{JOB_NS}/{JOB} to finish",
+            STALL_SECONDS,
+            describe=lambda _: f"status: {json.dumps(body.get('status'))}\npods: {moving.pods}",
+            poll=5.0,
+            limit=24 * 3600.0,
+        )
+    except Stalled as e:
+        watch.terminate()
+        stalled = True
+        print(e, file=sys.stderr)
+    finally:
+        api.close()
+    rc = 3 if stalled else watch.wait()
+    watch.wait()
     body = json.loads(cluster.kubectl("get", "finetunejob", JOB, "-n", JOB_NS, "-o", "json"))
     outputs = (body.get("status") or {}).get("output") or {}
     prefix = f"{c.PVC_ROOT}/{CLAIM}"
@@ -208,6 +238,8 @@ def run_job(cluster: LocalCluster) -> int:
             if isinstance(path, str) and path.startswith(prefix):
                 print(f"  {key + ':':<12} {VOLUME}{path[len(prefix) :]}")
     phase = (body.get("status") or {}).get("phase")
+    print(f"\n$ kubectl get pods -n {JOB_NS} -o wide")
+    print(cluster.kubectl("get", "pods", "-n", JOB_NS, "-o", "wide").rstrip())
     say(f"demo finished: {phase} (make demo-down removes the cluster and {DEMO_DIR})")
     if rc == 0 and phase != "Succeeded":
         rc = 1
@@ -221,7 +253,10 @@ def run_job(cluster: LocalCluster) -> int:
 
 
 def up() -> int:
+    reused = _running(cluster_dir(NAME)) is not None
     cluster = ensure_cluster()
+    if reused and cluster.node is not None:  # the checkout may have changed the images
+        cluster.node.build_and_import_images(say)
     cluster.kubectl(
         "apply",
         "--server-side",
@@ -229,7 +264,7 @@ def up() -> int:
         "-f",
         str(CHART / "crds" / "finetunejob.yaml"),
     )
-    install_chart(cluster)
+    install_chart(cluster, restart=reused)
     prepare_volume(cluster)
     return run_job(cluster)
 

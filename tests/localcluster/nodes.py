@@ -111,16 +111,7 @@ def node_manifests(
         capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "500Gi"}
         taints: list[Obj] = []
         if pool is not None and pool.gpusPerNode:
-            labels.update(
-                {
-                    "nvidia.com/gpu.present": "true",
-                    "nvidia.com/gpu.product": pool.gfd_product,
-                    "nvidia.com/gpu.memory": str(pool.gfd_memory_mib),
-                    "nvidia.com/gpu.count": str(pool.gpusPerNode),
-                    "nvidia.com/gpu.family": _family(pool.gpuType),
-                    "nvidia.com/gpu.machine": "localcluster",
-                }
-            )
+            labels.update(gfd_labels(pool, pool.gpusPerNode))
             capacity.update(
                 {
                     "cpu": str(max(16, 12 * pool.gpusPerNode)),
@@ -160,6 +151,18 @@ def node_manifests(
         }
         out.append((node, status))
     return out
+
+
+def gfd_labels(pool: NodePool, count: int) -> dict[str, str]:
+    """The labels GPU Feature Discovery puts on a node with `count` GPUs of the pool's type."""
+    return {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": pool.gfd_product,
+        "nvidia.com/gpu.memory": str(pool.gfd_memory_mib),
+        "nvidia.com/gpu.count": str(count),
+        "nvidia.com/gpu.family": _family(pool.gpuType),
+        "nvidia.com/gpu.machine": "localcluster",
+    }
 
 
 def _family(gpu_type: str) -> str:

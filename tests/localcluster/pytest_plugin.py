@@ -1,9 +1,16 @@
-"""pytest fixtures for the local cluster: `local_cluster` (session), `namespace`, `k8s`.
+"""pytest fixtures for the local cluster: `local_cluster` (session), `namespace`, `k8s`, and
+`real_cluster` (session: a cluster whose one node is the machine's real node).
 
 One cluster per pytest process, so one per xdist worker that runs cluster tests (startup is
 ~10 s, cheaper than coordinating a shared one). Set
 KUBETUNE_LOCALCLUSTER_DIR to a running `python -m tests.localcluster up` cluster's directory to
 reuse it instead, or KUBETUNE_SKIP_CLUSTER=1 to skip cluster tests.
+
+Only one real node may run on a machine (realnode.NodeLock), so every test that uses
+`real_cluster` must live in a `test_realnode*.py` module: under xdist those modules go to a
+single worker as one unit (`pytest_xdist_make_scheduler` below), and that worker starts the
+one real cluster of the session. Set KUBETUNE_REALNODE_DIR to a running
+`python -m tests.localcluster up --real-node` cluster to reuse it.
 """
 
 from __future__ import annotations
@@ -14,22 +21,49 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
 
+from tests.localcluster.build import ensure_node_binaries
 from tests.localcluster.cluster import LocalCluster, leftover_processes
 from tests.localcluster.kube import raw
+from tests.localcluster.realnode import machine_snapshot
 
-CLUSTER_FIXTURES = {"local_cluster", "namespace", "k8s"}
+CLUSTER_FIXTURES = {"local_cluster", "namespace", "k8s", "real_cluster"}
+REALNODE_MODULES = "test_realnode"
 _started: list[Path] = []
+_changed: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown when xdist is not loaded
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`load` scheduling, except that the real-node modules form one unit for one worker.
+
+    xdist's own `--dist loadgroup` cannot do this here: with pytest 9 it renames nodes through
+    an attribute pytest no longer reads (`Item._nodeid`), so groups are silently ignored.
+    """
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RealNodeTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).name.startswith(REALNODE_MODULES) else nodeid
+
+    return RealNodeTogether(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that use the cluster fixtures are `cluster` tests even if not marked so."""
+    """Tests that use the cluster fixtures are `cluster` tests even if not marked so. The
+    real-node modules go first: under xdist they are one long unit for one worker, best
+    started while the other worker takes everything else."""
     for item in items:
         if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.cluster)
+    items.sort(key=lambda item: not item.path.name.startswith(REALNODE_MODULES))
 
 
 @pytest.fixture(scope="session")
@@ -49,14 +83,52 @@ def local_cluster() -> Iterator[LocalCluster]:
         cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[LocalCluster]:
+    """The machine's one real node in a cluster of its own, with an audit log (metadata of
+    every request). Started once per session (by the one worker that runs the real-node
+    modules); waits while another session's real node runs, and fails at once if a long-lived
+    `up` cluster (`make demo`) holds it."""
+    if os.environ.get("KUBETUNE_SKIP_CLUSTER"):
+        pytest.skip("KUBETUNE_SKIP_CLUSTER is set")
+    if os.geteuid() != 0:
+        pytest.skip("the real node (kubelet, containerd, network namespaces) needs root")
+    reuse = os.environ.get("KUBETUNE_REALNODE_DIR")
+    if reuse:
+        yield LocalCluster.attach(reuse)
+        return
+    ensure_node_binaries()  # installs packages: the snapshot is of the machine with them
+    before = machine_snapshot()
+    cluster = LocalCluster(real_node=True, audit=True, node_lock_timeout=3600)
+    _started.append(cluster.dir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        after = machine_snapshot()
+        changed = [
+            f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+            for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)
+        ]
+        _changed.extend(changed)
+        assert not changed, f"the real node left the machine changed: {changed}"
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if any process of a cluster this session started is still alive."""
+    """Fail the run if any process of a cluster this session started is still alive, or if
+    the real node left the machine different from how it found it."""
     left = {str(d): leftover_processes(d) for d in _started}
     left = {d: pids for d, pids in left.items() if pids}
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if left:
-        tr = session.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
             tr.write_line(f"localcluster: processes left behind: {left}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if _changed:
+        if tr is not None:
+            tr.write_line(f"localcluster: the real node changed the machine: {_changed}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -1,4 +1,5 @@
-"""Structural lint of trainer-image/Dockerfile (no docker needed).
+"""Structural lint of trainer-image/Dockerfile (no docker needed; `make images` and the
+real-node tests build and run it).
 
 Checks, stage by stage: every base image pinned by an explicit tag (not `latest`), the
 final stage runs as uid 1000, installs no build tools, and its ENTRYPOINT is exactly
@@ -8,42 +9,12 @@ final stage runs as uid 1000, installs no build tools, and its ENTRYPOINT is exa
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from kubetune import contract
+from tests.dockerfile import BUILD_TOOLS, resolve_args, stages
 
 DOCKERFILE = Path(__file__).resolve().parents[2] / "trainer-image" / "Dockerfile"
-BUILD_TOOLS = re.compile(
-    r"\b(build-essential|gcc|g\+\+|clang|make|cmake|ninja-build|nvcc|cuda-toolkit|python3-dev)\b"
-)
-
-
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    joined = re.sub(r"\\\n", " ", text)
-    out = []
-    for line in joined.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
-
-
-def stages(text: str) -> list[list[tuple[str, str]]]:
-    result: list[list[tuple[str, str]]] = []
-    for ins in instructions(text):
-        if ins[0] == "FROM":
-            result.append([])
-        if result:
-            result[-1].append(ins)
-    return result
-
-
-def resolve_args(text: str, value: str) -> str:
-    defaults = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
-    return re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), value)
 
 
 def test_multi_stage_with_pinned_bases() -> None:

@@ -213,6 +213,9 @@ def main() -> None:
         namespaces=ours.namespaces,
         standalone=True,
         liveness_endpoint=liveness,
+        # kopf's default identity looks the UID up in /etc/passwd (getpass.getuser), which
+        # fails for a UID the image does not name (the chart's 65532, OpenShift's random ones).
+        identity=leader.identity(),  # type: ignore[arg-type]  # kopf's NewType of str
     )
     if not ours.leader_election:
         run()

@@ -382,6 +382,14 @@ class Reconciler:
         if seen.state == "stuck" and _fatal(seen):
             self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
             self._fail(ctx, _fatal_reason(seen), seen.message)
+        if seen.state == "stuck" and seen.reason in ("ErrImagePull", "ImagePullBackOff"):
+            # The probe runs the trainer image: one that cannot be pulled fails the job as
+            # a launch would (imagePullTimeoutSeconds), not later as an unreadable config.
+            created = _parse_ts(pod["metadata"].get("creationTimestamp")) or ctx.now
+            waited = (ctx.now - created).total_seconds()
+            if waited >= self.settings.image_pull_timeout_seconds:
+                self.kube.delete_pod(meta.namespace, probe["metadata"]["name"])
+                self._fail(ctx, seen.reason, f"{seen.message} (for {int(waited)} s)")
         if seen.state == "stuck":  # say why planning takes long (e.g. an unbound claim)
             msg = f"reading the model's shape: the probe {seen.message}"
             ctx.phase(Phase.PLANNING, Reason.PLANNING, msg)
