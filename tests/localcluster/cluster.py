@@ -106,7 +106,8 @@ class LocalCluster:
     to have both. The API server then binds the host end of the node's veth
     (:data:`HOST_IP`) instead of loopback, so pods reach it. `real_node_pools` is the pools file
     whose first pool the node stands in for; `images` builds and loads the operator and trainer
-    images; `node_lock_timeout` is how long to wait for another real node on the machine.
+    images; `node_lock_timeout` is how long to wait for another real node on the machine, and
+    `on_node_lock` is called once the lock is held (before the node changes anything).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class LocalCluster:
         real_node_images: bool = True,
         node_lock_timeout: float = 3600.0,
         name: str = "",
+        on_node_lock: Callable[[], None] | None = None,
     ) -> None:
         self.dir = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="kubetune-localcluster-"))
         self.pools = pools
@@ -138,6 +140,7 @@ class LocalCluster:
                 images=real_node_images,
                 detached=detached,
                 name=name,
+                on_lock=on_node_lock,
             )
             self.host = HOST_IP
             if pools is None:

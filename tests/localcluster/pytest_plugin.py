@@ -98,15 +98,23 @@ def real_cluster() -> Iterator[LocalCluster]:
         yield LocalCluster.attach(reuse)
         return
     ensure_node_binaries()  # installs packages: the snapshot is of the machine with them
-    before = machine_snapshot()
-    cluster = LocalCluster(real_node=True, audit=True, node_lock_timeout=3600)
+    before: dict[str, str] = {}
+    # Taken once the node lock is ours: while another session's node runs (a CI clone beside
+    # a developer's run), the machine holds that node's changes, which it will undo.
+    cluster = LocalCluster(
+        real_node=True,
+        audit=True,
+        node_lock_timeout=3600,
+        on_node_lock=lambda: before.update(machine_snapshot()),
+    )
     _started.append(cluster.dir)
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
-        after = machine_snapshot()
+        # Without the lock it never changed anything, and there is nothing to compare.
+        after = machine_snapshot() if before else {}
         changed = [
             f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
             for key in sorted(set(before) | set(after))

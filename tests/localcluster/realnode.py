@@ -331,6 +331,7 @@ class RealNode:
         images: bool = True,
         detached: bool = False,
         name: str = "",
+        on_lock: Callable[[], None] | None = None,
     ) -> None:
         self.dir = cluster_dir / "node"
         self.cluster_dir = cluster_dir
@@ -341,6 +342,7 @@ class RealNode:
         self.detached = detached
         self.name = name
         self.lock = NodeLock()
+        self.on_lock = on_lock
         self.pids: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.sysctls: dict[str, str] = {}
@@ -387,6 +389,8 @@ class RealNode:
             fail_if_detached=not self.detached,
             say=say,
         )
+        if self.on_lock:  # e.g. the tests' snapshot of the machine, taken once no other node runs
+            self.on_lock()
         self.bin_dir, self.addons_dir = ensure_node_binaries()
         for sub in ("var-log", "var-lib", "cni", "cni-ipam", "containerd-state", "opt"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
