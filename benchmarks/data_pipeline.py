@@ -92,8 +92,10 @@ class Bench:
             }
         )
         n = len(data)
-        self.plain = datasets.Dataset.from_list(data)
-        self.normalised = datasets.Dataset.from_dict(
+        # both sides read memory-mapped Arrow files, as the pipeline's stages do (and as
+        # `load_dataset` gives TRL), so worker processes get file references, not copies
+        plain = datasets.Dataset.from_list(data)
+        normalised = datasets.Dataset.from_dict(
             {
                 "file": ["bench"] * n,
                 "line": list(range(1, n + 1)),
@@ -101,6 +103,11 @@ class Bench:
                 "example": [json.dumps(r) for r in data],
             }
         )
+        tag = f"{n}-{id(self)}"
+        plain.save_to_disk(str(tmp / f"plain-{tag}"))
+        normalised.save_to_disk(str(tmp / f"normalised-{tag}"))
+        self.plain = datasets.load_from_disk(str(tmp / f"plain-{tag}"))
+        self.normalised = datasets.load_from_disk(str(tmp / f"normalised-{tag}"))
 
     # ------------------------------------------------------------------ the three sides
     def bare(self) -> Any:

@@ -1,31 +1,35 @@
 """Locating assistant turns with one rendering of each conversation.
 
-The definition of an assistant span is `masking.prefix_spans`: for turn i, the characters
-between `render(messages[:i], add_generation_prompt=True)` and `render(messages[:i+1])`,
-trailing whitespace removed. Computing it that way renders 2k+1 prefixes for k turns;
-this module renders the conversation once and finds the same spans:
+The definition of an assistant span is `masking.prefix_spans_batch`: for turn i, the
+characters between `render(messages[:i], add_generation_prompt=True)` and
+`render(messages[:i+1])`, trailing whitespace removed. Computing it that way renders 2k+1
+prefixes for k turns; this module renders the conversation once and finds the same spans.
 
-- **templates with `{% generation %}` markers**: the marked ranges (what transformers'
-  `return_assistant_tokens_mask` and TRL's `assistant_only_loss` use), trailing
-  whitespace removed as above;
-- **other templates**: a probe conversation, rendered both ways once per template, gives
-  the text the template writes before an assistant message's content (the generation
-  prompt, `head`) and after it (the end-of-turn marker, `tail`); each turn is then the
-  first `head + content + tail` after the previous turn. A turn that is not found that way
-  (a template that trims or rewrites content, an odd row) sends the row to the prefix
-  method, and so does every row of a template whose probe renders its prefixes
-  inconsistently or does not show the content verbatim.
+A probe conversation, rendered both ways once per template, gives the text the template
+writes before an assistant message's content (the generation prompt, `head`) and after it
+(the end-of-turn marker, `tail`); each turn is then the first `head + content + tail` after
+the previous turn. A turn that is not found that way (a template that trims or rewrites
+content, an odd row) sends its row to the prefix method, and so does every row of a
+template whose probe renders its prefixes inconsistently, differently from turn to turn,
+or without the content verbatim.
+
+Templates with `{% generation %}` markers are found the same way, not by their markers:
+the markers may bound a turn differently from the definition (then kubetune's labels would
+depend on whether a template has them), and transformers' marker tracking renders through
+`generate()`, measured 2x slower than a plain render plus the search.
 
 The conversations are rendered by the tokenizer's compiled template directly (the same
-object `apply_chat_template` renders with) and only when every message is a plain
+object `apply_chat_template` renders with) when every message is a plain
 `{"role": str, "content": str}` — what the pipeline's normaliser produces —, for which
 `apply_chat_template`'s input cleaning changes nothing; anything else goes through
 `apply_chat_template` itself.
+
+Known limit: a user or system message containing the literal text `head + content + tail`
+of a later assistant turn (the template's control tokens included) would be taken for it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +37,6 @@ from typing import Any
 Span = tuple[int, int]
 Messages = list[dict[str, str]]
 
-MARKERS = re.compile(r"\{%-?\s*generation\s*-?%\}")
 PROBE: Messages = [
     {"role": "system", "content": "kubetune probe system"},
     {"role": "user", "content": "kubetune probe question one"},
@@ -43,15 +46,10 @@ PROBE: Messages = [
 ]
 
 
-class NotPlain(Exception):
-    """The conversation is not plain role/content strings: render it the slow way."""
-
-
 @dataclass(frozen=True)
 class Layout:
     """How one template's assistant turns are found (see the module doc)."""
 
-    markers: bool
     head: str = ""
     tail: str = ""
     searchable: bool = False
@@ -67,13 +65,10 @@ class Renderer:
         self.template = str(template)
         self.kwargs = dict(tokenizer.special_tokens_map)
         self.compiled: Any = None
-        self.marked: Callable[..., tuple[str, list[Span]]] | None = None
         try:
             from transformers.utils import chat_template_utils as ctu
 
             self.compiled = ctu._compile_jinja_template(self.template)
-            if MARKERS.search(self.template):
-                self.marked = ctu._render_with_assistant_indices
         except (ImportError, AttributeError):  # another transformers: apply_chat_template only
             self.compiled = None
 
@@ -103,15 +98,6 @@ class Renderer:
             )
         )
 
-    def render_marked(self, messages: Messages) -> tuple[str, list[Span]]:
-        """The text and its `{% generation %}` ranges (only for templates with markers)."""
-        if self.marked is None or self.compiled is None or not messages:
-            raise NotPlain
-        if not self.plain(messages):
-            raise NotPlain
-        text, ranges = self.marked(self.compiled, messages, None, None, False, **self.kwargs)
-        return text, [(int(a), int(b)) for a, b in ranges]
-
 
 _LAYOUTS: dict[tuple[str, str], Layout] = {}
 
@@ -129,29 +115,40 @@ def layout(
 def _probe(
     renderer: Renderer, prefix_spans: Callable[[Messages], tuple[str, list[Span]]]
 ) -> Layout:
-    if renderer.marked is not None and renderer.compiled is not None:
-        return Layout(markers=True)
-    try:
-        text, spans = prefix_spans(PROBE)
-        turns = [i for i, m in enumerate(PROBE) if m["role"] == "assistant"]
-        heads, tails = set(), set()
-        for i, (a, b) in zip(turns, spans, strict=True):
-            content = PROBE[i]["content"]
-            if text[a : a + len(content)] != content:
-                return Layout(markers=False)
-            closed = renderer.render(PROBE[:i])
-            opened = renderer.render(PROBE[:i], generation=True)
-            if not opened.startswith(closed) or len(opened) != a:
-                return Layout(markers=False)
-            heads.add(opened[len(closed) :])
-            tails.add(text[a + len(content) : b])
-    except Exception:  # a template that fails the probe uses the prefix method
-        return Layout(markers=False)
+    """With a system prompt, else without (templates that refuse the system role)."""
+    for probe in (PROBE, PROBE[1:]):
+        try:
+            found = _probe_with(renderer, prefix_spans, probe)
+        except Exception:  # a template that fails the probe uses the prefix method
+            continue
+        if found.searchable:
+            return found
+    return Layout()
+
+
+def _probe_with(
+    renderer: Renderer,
+    prefix_spans: Callable[[Messages], tuple[str, list[Span]]],
+    probe: Messages,
+) -> Layout:
+    text, spans = prefix_spans(probe)
+    turns = [i for i, m in enumerate(probe) if m["role"] == "assistant"]
+    heads, tails = set(), set()
+    for i, (a, b) in zip(turns, spans, strict=True):
+        content = probe[i]["content"]
+        if text[a : a + len(content)] != content:
+            return Layout()
+        closed = renderer.render(probe[:i])
+        opened = renderer.render(probe[:i], generation=True)
+        if not opened.startswith(closed) or len(opened) != a:
+            return Layout()
+        heads.add(opened[len(closed) :])
+        tails.add(text[a + len(content) : b])
     if len(heads) != 1 or len(tails) != 1:
-        return Layout(markers=False)
-    found = Layout(markers=False, head=heads.pop(), tail=tails.pop(), searchable=True)
-    if not (found.head or found.tail) or search_spans(found, text, PROBE) != spans:
-        return Layout(markers=False)
+        return Layout()
+    found = Layout(head=heads.pop(), tail=tails.pop(), searchable=True)
+    if not (found.head or found.tail) or search_spans(found, text, probe) != spans:
+        return Layout()
     return found
 
 
@@ -174,13 +171,3 @@ def search_spans(lay: Layout, text: str, messages: Sequence[dict[str, str]]) -> 
         if end > start:
             spans.append((start, end))
     return spans
-
-
-def marked_spans(text: str, ranges: Sequence[Span]) -> list[Span]:
-    """Generation ranges with their trailing whitespace removed (as the prefix method)."""
-    out = []
-    for a, b in ranges:
-        end = a + len(text[a:b].rstrip())
-        if end > a:
-            out.append((a, end))
-    return out

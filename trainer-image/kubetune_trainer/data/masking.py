@@ -6,9 +6,9 @@ few templates support): every assistant turn i is the characters between
 trailing whitespace — i.e. the assistant's content plus the template's end-of-turn marker
 (which the model must learn, or it never stops). `prefix_spans_batch` computes exactly that
 by rendering the 2k+1 prefixes; `chat_spans_batch` finds the same spans rendering each
-conversation once (`chatspans`: the template's generation markers where it has them, else
-the generation prompt and end-of-turn text learned from a probe) and uses the prefix method
-only for the rows (or templates) where that does not apply. The conversation is tokenised
+conversation once (`chatspans`: the generation prompt and end-of-turn text learned from a
+probe, searched for) and uses the prefix method only for the rows (or templates) where that
+does not apply. The conversation is tokenised
 once and a token is labelled when its characters overlap an assistant span. This works for
 any template whose renderings of a conversation's prefixes are prefixes of its full
 rendering; a template that is not (it rewrites earlier turns) is refused for that row
@@ -79,18 +79,11 @@ def chat_spans_batch(
     results: list[tuple[str, list[Span]] | RowError | None] = [None] * len(conversations)
     slow: list[int] = []
     for at, messages in enumerate(conversations):
-        if not (lay.markers or lay.searchable):
+        if not lay.searchable:
             slow.append(at)
             continue
         try:
-            if lay.markers:
-                text, ranges = renderer.render_marked(messages)
-                results[at] = (text, chatspans.marked_spans(text, ranges))
-                continue
             text = renderer.render(messages)
-        except chatspans.NotPlain:
-            slow.append(at)
-            continue
         except Exception as err:  # jinja's raise_exception(), e.g. roles must alternate
             results[at] = RowError(f"chat template error: {err}")
             continue
@@ -296,7 +289,7 @@ def fit_length(
         ]
     else:
         pieces = [(ids[:max_len], labels[:max_len])]
-    return [(i, lab) for i, lab in pieces if sum(1 for x in lab[1:] if x != IGNORE_INDEX) > 0]
+    return [(i, lab) for i, lab in pieces if any(x != IGNORE_INDEX for x in lab[1:])]
 
 
 def preference_parts(tokenizer: Any, example: dict[str, Any]) -> tuple[str, str, str, str]:
