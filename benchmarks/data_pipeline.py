@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -216,23 +217,50 @@ def _examples_trl(packed: Any) -> Counter[Any]:
 
 
 # ---------------------------------------------------------------------- timing
-def timed(fn: Callable[[], Any]) -> float:
+def cpu_seconds() -> tuple[float, float]:
+    """CPU time of this process and of its finished children (the map workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[], Any]) -> dict[str, float]:
+    """Wall seconds, and CPU seconds of this process and of its workers."""
+    cpu0 = cpu_seconds()
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    cpu1 = cpu_seconds()
+    return {"wall": wall, "cpu": cpu1[0] - cpu0[0], "workers": cpu1[1] - cpu0[1]}
 
 
-def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per run, the runs interleaved so that load changes hit all of them."""
-    times: dict[str, list[float]] = {k: [] for k in runs}
+def interleaved(
+    runs: dict[str, Callable[[], Any]], repeats: int
+) -> dict[str, list[dict[str, float]]]:
+    """Timings per run, the runs interleaved so that load changes hit all of them."""
+    times: dict[str, list[dict[str, float]]] = {k: [] for k in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
             times[name].append(timed(fn))
     return times
 
 
-def per_second(n: int, times: list[float]) -> float:
-    return round(n / statistics.median(times), 1)
+def median(times: list[dict[str, float]], key: str) -> float:
+    return statistics.median(t[key] for t in times)
+
+
+def per_second(n: int, times: list[dict[str, float]], key: str = "wall") -> float:
+    return round(n / median(times, key), 1)
+
+
+def critical_path(times: list[dict[str, float]], workers: int) -> float:
+    """CPU seconds on the longest path if every process had a core of its own: the
+    parent's own time plus one worker's share (the shards are equal)."""
+    return median(times, "cpu") + (median(times, "workers") / workers if workers > 1 else 0)
+
+
+def rounded(times: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
+    return {k: [{m: round(x, 3) for m, x in t.items()} for t in v] for k, v in times.items()}
 
 
 # ---------------------------------------------------------------------- stage profile
@@ -331,13 +359,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {"bare": bench.bare, "trl": bench.trl, "kubetune": bench.kubetune}, args.repeats
         )
         rates = {k: per_second(args.rows, v) for k, v in one.items()}
+        cpu_rates = {k: per_second(args.rows, v, "cpu") for k, v in one.items()}
         result["oneCore"] = {
             "rows": args.rows,
             "repeats": args.repeats,
             "perSecond": rates,
             "kubetuneOverTrl": round(rates["kubetune"] / rates["trl"], 2),
             "kubetuneOverBare": round(rates["kubetune"] / rates["bare"], 2),
-            "seconds": {k: [round(x, 3) for x in v] for k, v in one.items()},
+            "perCpuSecond": cpu_rates,
+            "kubetuneOverTrlCpu": round(cpu_rates["kubetune"] / cpu_rates["trl"], 2),
+            "times": rounded(one),
         }
 
         pin(2)
@@ -353,6 +384,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.scale_repeats,
         )
         srates = {k: per_second(args.scale_rows, v) for k, v in scale.items()}
+        paths = {
+            k: round(critical_path(v, 2 if k.endswith("2") else 1), 3) for k, v in scale.items()
+        }
         result["twoProcesses"] = {
             "rows": args.scale_rows,
             "repeats": args.scale_repeats,
@@ -361,7 +395,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "kubetune2over1": round(srates["kubetune-2"] / srates["kubetune-1"], 2),
             "trl2over1": round(srates["trl-2"] / srates["trl-1"], 2),
             "kubetune2OverTrl2": round(srates["kubetune-2"] / srates["trl-2"], 2),
-            "seconds": {k: [round(x, 3) for x in v] for k, v in scale.items()},
+            "criticalPathCpuSeconds": paths,
+            "kubetune2over1Cpu": round(paths["kubetune-1"] / paths["kubetune-2"], 2),
+            "trl2over1Cpu": round(paths["trl-1"] / paths["trl-2"], 2),
+            "times": rounded(scale),
         }
 
         pin(1)
