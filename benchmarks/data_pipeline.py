@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,6 +85,7 @@ class Bench:
         from kubetune.api.spec import FineTuneJobSpec
 
         self.tmp = tmp
+        self.configs: dict[tuple[int | None, bool], Any] = {}
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         self.spec = FineTuneJobSpec.model_validate(
             {
@@ -120,24 +122,34 @@ class Bench:
 
         return self.plain.map(fn, remove_columns=["messages"])
 
+    def trl_config(self, num_proc: int | None, packing: bool) -> Any:
+        """The SFTConfig (built once per setting, outside the timed region)."""
+        from trl import SFTConfig
+
+        key = (num_proc, packing)
+        if key not in self.configs:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self.configs[key] = SFTConfig(
+                    output_dir=str(self.tmp / "trl"),
+                    max_length=MAX_LEN,
+                    packing=packing,
+                    packing_strategy="bfd",
+                    assistant_only_loss=True,
+                    completion_only_loss=None,
+                    dataset_num_proc=num_proc,
+                    use_cpu=True,
+                    bf16=False,
+                    report_to=[],
+                )
+        return self.configs[key]
+
     def trl(self, num_proc: int | None = None, packing: bool = True) -> Any:
         """TRL's own preparation (see the module doc)."""
-        from trl import SFTConfig
         from trl.chat_template_utils import get_training_chat_template, has_generation_markers
         from trl.trainer.sft_trainer import SFTTrainer
 
-        args = SFTConfig(
-            output_dir=str(self.tmp / "trl"),
-            max_length=MAX_LEN,
-            packing=packing,
-            packing_strategy="bfd",
-            assistant_only_loss=True,
-            completion_only_loss=None,
-            dataset_num_proc=num_proc,
-            use_cpu=True,
-            bf16=False,
-            report_to=[],
-        )
+        args = self.trl_config(num_proc, packing)
         trainer = SFTTrainer.__new__(SFTTrainer)
         tok = self.tokenizer
         # what SFTTrainer.__init__ sets before it calls _prepare_dataset, for this data
