@@ -8,11 +8,10 @@ trailing whitespace — i.e. the assistant's content plus the template's end-of-
 by rendering the 2k+1 prefixes; `chat_spans_batch` finds the same spans rendering each
 conversation once (`chatspans`: the generation prompt and end-of-turn text learned from a
 probe, searched for) and uses the prefix method only for the rows (or templates) where that
-does not apply. The conversation is tokenised
-once and a token is labelled when its characters overlap an assistant span. This works for
-any template whose renderings of a conversation's prefixes are prefixes of its full
-rendering; a template that is not (it rewrites earlier turns) is refused for that row
-rather than mislabelled.
+does not apply. The conversation is tokenised once and a token is labelled when its
+characters overlap an assistant span. This works for any template whose renderings of a
+conversation's prefixes are prefixes of its full rendering; a template that is not (it
+rewrites earlier turns) is refused for that row rather than mislabelled.
 """
 
 from __future__ import annotations
@@ -101,6 +100,7 @@ def chat_spans_batch(
 
 
 def prefix_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[Span]]:
+    """The prefix method for one conversation (what `chatspans` probes templates with)."""
     result = prefix_spans_batch(tokenizer, [messages])[0]
     if isinstance(result, RowError):
         raise result
