@@ -212,3 +212,16 @@ def test_texts_and_spans_renders_each_conversation_once(
     monkeypatch.setattr(tok, "apply_chat_template", apply)
     texts_and_spans(tok, ["chat"] * len(convs), [{"messages": c} for c in convs])
     assert calls == {"render": len(convs), "apply": 0}  # no prefix rendering
+
+
+def test_encode_through_transformers_when_the_backend_is_configured(
+    tiny_tokenizer_dir: Path,
+) -> None:
+    """A tokenizer.json with truncation set: transformers' call (which resets it) is used,
+    with the same result."""
+    tok = tokenizer_with(tiny_tokenizer_dir, CHATML_TEMPLATE)
+    convs = conversations()[:8]
+    examples: list[dict[str, Any]] = [{"messages": c} for c in convs]
+    want = reference(tok, ["chat"] * len(convs), examples)
+    tok._tokenizer.enable_truncation(8)
+    assert encode(tok, ["chat"] * len(convs), examples) == want
