@@ -1,9 +1,12 @@
-"""kubetune's multiple-choice scorer against EleutherAI's lm-evaluation-harness.
+"""kubetune against the reference tools it is measured by.
 
-The same rows, the same model, the harness's own task definitions for the three
-layouts (ARC-style question/answer, HellaSwag-style completion, MMLU-style lettered
-choices): every choice's log-likelihood must match the harness's, and so must accuracy
-and length-normalised accuracy.
+- The multiple-choice scorer against EleutherAI's lm-evaluation-harness: the same rows,
+  the same model, the harness's own task definitions for the three layouts (ARC-style
+  question/answer, HellaSwag-style completion, MMLU-style lettered choices): every
+  choice's log-likelihood must match the harness's, and so must accuracy and
+  length-normalised accuracy.
+- The data preparation benchmark against TRL's own (`benchmarks/data_pipeline.py`): its
+  smoke run, and its equality check failing when one label differs.
 """
 
 from __future__ import annotations
