@@ -1,9 +1,12 @@
-"""kubetune's multiple-choice scorer against EleutherAI's lm-evaluation-harness.
+"""kubetune against the reference tools it is measured by.
 
-The same rows, the same model, the harness's own task definitions for the three
-layouts (ARC-style question/answer, HellaSwag-style completion, MMLU-style lettered
-choices): every choice's log-likelihood must match the harness's, and so must accuracy
-and length-normalised accuracy.
+- The multiple-choice scorer against EleutherAI's lm-evaluation-harness: the same rows,
+  the same model, the harness's own task definitions for the three layouts (ARC-style
+  question/answer, HellaSwag-style completion, MMLU-style lettered choices): every
+  choice's log-likelihood must match the harness's, and so must accuracy and
+  length-normalised accuracy.
+- The data preparation benchmark against TRL's own (`benchmarks/data_pipeline.py`): its
+  smoke run, and its equality check failing when one label differs.
 """
 
 from __future__ import annotations
@@ -116,3 +119,71 @@ def test_scores_match_the_harness(
     )
     assert mine["accuracy"] == pytest.approx(theirs["results"]["acc,none"])
     assert mine["accuracyNorm"] == pytest.approx(theirs["results"]["acc_norm,none"])
+
+
+# ---------------------------------------------------------------- data preparation vs TRL
+ROOT = Path(__file__).parents[2]
+
+
+def test_data_pipeline_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/data_pipeline.py --smoke: TRL's preparation and kubetune's run, the
+    ids/labels equality check passes (1 and 2 processes), every figure is there. No
+    timing thresholds: the machine is shared."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["operator", "trainer-image", "."])}
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/data_pipeline.py", "--smoke", "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["equality"]["rows"] == 120
+    assert res["equalityTwoProcesses"]["rows"] == 240
+    assert res["equality"]["maskedTokens"] > 0
+    for side in ("bare", "trl", "kubetune"):
+        assert res["oneCore"]["perSecond"][side] > 0
+    for run in ("kubetune-1", "kubetune-2", "trl-1", "trl-2"):
+        assert res["twoProcesses"]["perSecond"][run] > 0
+    assert res["twoProcesses"]["times"]["kubetune-2"][0]["workers"] > 0  # it did fork
+    stages = res["stages"]["seconds"]
+    for stage in ("load + normalise", "tokenise stage (all)", "pack", "save", "total"):
+        assert stages[stage] > 0, stage
+    assert len(res["loadBefore"]) == 3
+
+
+def test_data_pipeline_equality_check_fails_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One label changed on kubetune's side: the benchmark must refuse to report."""
+    import datasets
+
+    from benchmarks import data_pipeline as bench
+    from tests.fixtures.chat_templates import build_generation_tokenizer
+
+    datasets.disable_caching()
+    b = bench.Bench(tmp_path, build_generation_tokenizer(tmp_path / "tok"), bench.rows(40))
+    assert bench.check_equal(b)["rows"] == 40
+    real = bench.Bench.kubetune
+
+    def tampered(self: Any, num_proc: int | None = None) -> tuple[Any, Any]:
+        tokenised, packed = real(self, num_proc)
+
+        def flip(row: dict[str, Any], i: int) -> dict[str, Any]:
+            if i == 7:
+                at = next(j for j, x in enumerate(row["labels"]) if x != -100)
+                row["labels"][at] = -100
+            return row
+
+        return tokenised.map(flip, with_indices=True), packed
+
+    monkeypatch.setattr(bench.Bench, "kubetune", tampered)
+    with pytest.raises(bench.Mismatch, match="row 7: labels differ"):
+        bench.check_equal(b)

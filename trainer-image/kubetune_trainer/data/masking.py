@@ -1,14 +1,17 @@
 """Tokenising examples with loss only where the model should learn: the assistant's turns.
 
-How assistant tokens are found (chosen over `{% generation %}` / assistant-token masks,
-which few templates support): every assistant turn i is located in the rendered text as
-the characters between `render(messages[:i], add_generation_prompt=True)` and
-`render(messages[:i+1])`, minus trailing whitespace — i.e. the assistant's content plus the
-template's end-of-turn marker (which the model must learn, or it never stops). The whole
-conversation is then tokenised once with character offsets and a token is labelled when
-its characters overlap an assistant span. This works for any template whose renderings of
-a conversation's prefixes are prefixes of its full rendering; a template that is not
-(it rewrites earlier turns) is refused for that row rather than mislabelled.
+What an assistant turn is (chosen over `{% generation %}` / assistant-token masks, which
+few templates support): every assistant turn i is the characters between
+`render(messages[:i], add_generation_prompt=True)` and `render(messages[:i+1])`, minus
+trailing whitespace — i.e. the assistant's content plus the template's end-of-turn marker
+(which the model must learn, or it never stops). `prefix_spans_batch` computes exactly that
+by rendering the 2k+1 prefixes; `chat_spans_batch` finds the same spans rendering each
+conversation once (`chatspans`: the generation prompt and end-of-turn text learned from a
+probe, searched for) and uses the prefix method only for the rows (or templates) where that
+does not apply. The conversation is tokenised once and a token is labelled when its
+characters overlap an assistant span. This works for any template whose renderings of a
+conversation's prefixes are prefixes of its full rendering; a template that is not (it
+rewrites earlier turns) is refused for that row rather than mislabelled.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import chatspans
 from .formats import RowError
 
 IGNORE_INDEX = -100
@@ -67,7 +71,46 @@ def _render_many(
 def chat_spans_batch(
     tokenizer: Any, conversations: Sequence[list[dict[str, str]]]
 ) -> list[tuple[str, list[Span]] | RowError]:
-    """`chat_spans` for many conversations, rendering all their prefixes in two calls."""
+    """`chat_spans` for many conversations: one rendering each where the template allows
+    (see `chatspans`), the prefix method for the rest; the same result either way."""
+    renderer = chatspans.Renderer(tokenizer)
+    lay = chatspans.layout(renderer, lambda messages: prefix_spans(tokenizer, messages))
+    results: list[tuple[str, list[Span]] | RowError | None] = [None] * len(conversations)
+    slow: list[int] = []
+    for at, messages in enumerate(conversations):
+        if not lay.searchable:
+            slow.append(at)
+            continue
+        try:
+            text = renderer.render(messages)
+        except Exception as err:  # jinja's raise_exception(), e.g. roles must alternate
+            results[at] = RowError(f"chat template error: {err}")
+            continue
+        spans = chatspans.search_spans(lay, text, messages)
+        if spans is None:
+            slow.append(at)
+        else:
+            results[at] = (text, spans)
+    if slow:
+        for at, result in zip(
+            slow, prefix_spans_batch(tokenizer, [conversations[i] for i in slow]), strict=True
+        ):
+            results[at] = result
+    return [r for r in results if r is not None]
+
+
+def prefix_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[Span]]:
+    """The prefix method for one conversation (what `chatspans` probes templates with)."""
+    result = prefix_spans_batch(tokenizer, [messages])[0]
+    if isinstance(result, RowError):
+        raise result
+    return result
+
+
+def prefix_spans_batch(
+    tokenizer: Any, conversations: Sequence[list[dict[str, str]]]
+) -> list[tuple[str, list[Span]] | RowError]:
+    """The definition (module doc): every conversation's prefixes rendered, in two calls."""
     closed: list[list[dict[str, str]]] = []  # full conversations, then prefixes up to turn i
     opened: list[list[dict[str, str]]] = []  # prefixes before turn i, with generation prompt
     plan = []
@@ -163,16 +206,73 @@ def encode(
     for add_special, group in groups.items():
         if not group:
             continue
-        enc = tokenizer(
-            [t for _, t, _ in group], add_special_tokens=add_special, return_offsets_mapping=True
-        )
-        for (i, _, spans), ids, offsets in zip(
-            group, enc["input_ids"], enc["offset_mapping"], strict=True
+        texts = [t for _, t, _ in group]
+        backend = _backend(tokenizer)
+        if backend is None:
+            enc = tokenizer(texts, add_special_tokens=add_special, return_offsets_mapping=True)
+            for (i, _, spans), ids, offsets in zip(
+                group, enc["input_ids"], enc["offset_mapping"], strict=True
+            ):
+                results[i] = _labelled(list(ids), offsets, spans)
+            continue
+        for (i, _, spans), encoding in zip(
+            group, backend.encode_batch(texts, add_special_tokens=add_special), strict=True
         ):
-            mask = label_tokens(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), spans)
-            labels = np.where(mask, np.asarray(ids, dtype=np.int64), IGNORE_INDEX)
-            results[i] = (list(ids), labels.tolist())
+            ids = encoding.ids
+            labels = _labels_by_position(encoding, ids, spans)
+            results[i] = (
+                (ids, labels) if labels is not None else _labelled(ids, encoding.offsets, spans)
+            )
     return results
+
+
+def _backend(tokenizer: Any) -> Any:
+    """The Rust tokenizer to call directly when that is what `tokenizer(...)` would run
+    with these settings (fast tokenizer, no truncation or padding configured, special
+    tokens not split); else None. Saves transformers' per-row conversion to dicts."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not getattr(tokenizer, "is_fast", False) or backend is None:
+        return None
+    if backend.truncation is not None or backend.padding is not None:
+        return None
+    if bool(getattr(tokenizer, "split_special_tokens", False)) != bool(
+        getattr(backend, "encode_special_tokens", False)
+    ):
+        return None
+    return backend
+
+
+def _labelled(ids: list[int], offsets: Any, spans: Sequence[Span]) -> tuple[list[int], list[int]]:
+    mask = label_tokens(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), spans)
+    return ids, np.where(mask, np.asarray(ids, dtype=np.int64), IGNORE_INDEX).tolist()
+
+
+def _labels_by_position(encoding: Any, ids: list[int], spans: Sequence[Span]) -> list[int] | None:
+    """`label_tokens`' result from the tokens at each span's two ends (char_to_token),
+    widened to every neighbour that still overlaps the span, without building the offset
+    array. None when a span end maps to no token (the caller then uses the offsets)."""
+    labels = [IGNORE_INDEX] * len(ids)
+    n = len(ids)
+    for a, b in spans:
+        first, last = encoding.char_to_token(a), encoding.char_to_token(b - 1)
+        if first is None or last is None:
+            return None
+        while first > 0 and _overlaps(encoding.token_to_chars(first - 1), a, b):
+            first -= 1
+        while last + 1 < n and _overlaps(encoding.token_to_chars(last + 1), a, b):
+            last += 1
+        for t in range(first, last + 1):
+            if not _overlaps(encoding.token_to_chars(t), a, b):
+                return None  # an empty token inside the span: let label_tokens decide
+        labels[first : last + 1] = ids[first : last + 1]
+    return labels
+
+
+def _overlaps(chars: Any, a: int, b: int) -> bool:
+    if chars is None:
+        return False
+    start, end = chars
+    return bool(end > a and start < b and end > start)
 
 
 def fit_length(
@@ -189,7 +289,8 @@ def fit_length(
         ]
     else:
         pieces = [(ids[:max_len], labels[:max_len])]
-    return [(i, lab) for i, lab in pieces if sum(1 for x in lab[1:] if x != IGNORE_INDEX) > 0]
+    # some label after the first token (list.count runs in C: this is per row)
+    return [(i, lab) for i, lab in pieces if lab[1:].count(IGNORE_INDEX) < len(lab) - 1]
 
 
 def preference_parts(tokenizer: Any, example: dict[str, Any]) -> tuple[str, str, str, str]:

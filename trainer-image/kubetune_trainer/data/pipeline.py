@@ -45,7 +45,7 @@ from .formats import (
     normalise,
 )
 from .masking import IGNORE_INDEX, encode, fit_length, preference_parts, prompt_and_reference
-from .packing import pack
+from .packing import column, pack
 from .templates import TemplateInfo, resolve_template, write_template
 
 log = logging.getLogger("kubetune_trainer.data")
@@ -147,7 +147,7 @@ class Pipeline:
         check_readable(sample)
         fmt: str = self.data.format
         if fmt == "auto":
-            fmt = detect_format([r for r in sample["raw"] if r], self.fields)
+            fmt = detect_format([r for r in column(sample, "raw") if r], self.fields)
         fields, system = self.fields, self.data.system_prompt
         kind = KIND_OF_FORMAT[fmt]
 
@@ -176,7 +176,7 @@ class Pipeline:
             new_fingerprint=_fp(raw._fingerprint, "norm", fmt, fields, system),
             desc=f"normalising {role}",
         )
-        errors = ds["error"]
+        errors = column(ds, "error")
         bad = [i for i, e in enumerate(errors) if e]
         if bad:
             meta = ds.select(bad).select_columns(["file", "line", "error"])
@@ -229,7 +229,7 @@ class Pipeline:
             new_fingerprint=_fp(ds._fingerprint, "pii", mode),
             desc="scanning for PII",
         )
-        hits = ds["pii"]
+        hits = column(ds, "pii")
         rows = [i for i, h in enumerate(hits) if h]
         if rows:
             for r, i in zip(ds.select(rows).select_columns(["file", "line"]), rows, strict=True):
@@ -246,7 +246,7 @@ class Pipeline:
 
     def dedup(self, ds: Dataset) -> Dataset:
         spec = self.data.dedup
-        texts = ds["clean_text"]
+        texts = column(ds, "clean_text")
         drop: list[int] = []
         if spec.exact:
             exact = cleaning.exact_duplicates([cleaning.text_hash(t) for t in texts])
@@ -262,7 +262,7 @@ class Pipeline:
         return ds.select([i for i in range(len(ds)) if i not in dropped])
 
     def decontaminate(self, index: cleaning.NgramIndex, ds: Dataset, role: str) -> Dataset:
-        hits = index.contaminated(ds["clean_text"])
+        hits = index.contaminated(column(ds, "clean_text"))
         self.state.counts["contaminated"] += len(hits)
         self.state.counts[f"contaminated:{role}"] += len(hits)
         if not hits:
@@ -331,7 +331,7 @@ class Pipeline:
 
         settings = (max_len, keep_prompt, tokenizer.name_or_path, len(tokenizer))
         ds = self.rows_to(ds, enc, TOKENISED, ("tok", *settings), f"tokenising {role}")
-        self.state.counts["tokensCutOff"] += sum(ds["cut"])
+        self.state.counts["tokensCutOff"] += sum(column(ds, "cut"))
         ds = self.keep_usable(ds)
         drop = ["status", "file", "line", "cut"]
         if not keep_prompt:
@@ -363,7 +363,7 @@ class Pipeline:
     def keep_usable(self, ds: Dataset) -> Dataset:
         """Count the `status` column (truncated, truncated away, errors with file:line),
         fail above maxBadFraction, and keep the rows that can train or be scored."""
-        status = ds["status"]
+        status = column(ds, "status")
         counts = Counter(s if not s.startswith("error:") else "error" for s in status)
         self.state.counts["truncated"] += counts["truncated"]
         self.state.counts["truncatedAway"] += counts["truncatedAway"]
@@ -448,7 +448,7 @@ class Pipeline:
             )
         if kind != "preference" or len(ds) == 0:
             return
-        chat = [is_chat_preference(json.loads(e)) for e in ds["example"]]
+        chat = [is_chat_preference(json.loads(e)) for e in column(ds, "example")]
         if len(set(chat)) > 1:
             odd = chat.index(not chat[0])
             row = ds[odd]
@@ -463,7 +463,9 @@ class Pipeline:
         few = self.spec.evaluation.few_shot
         if few is None or len(train) == 0:
             return
-        picked = fewshot.pick_shots(train["kind"], train["example"], few.shots, few.seed)
+        picked = fewshot.pick_shots(
+            column(train, "kind"), column(train, "example"), few.shots, few.seed
+        )
         rows = train.select(picked).select_columns(["kind", "example", "file", "line"])
         self.state.shots = [
             fewshot.shot_record(r["kind"], r["example"], r["file"], r["line"]) for r in rows
@@ -506,7 +508,7 @@ class Pipeline:
                 self.track(role, "split", len(parts[role]))
         train = ds.select(train_idx)
 
-        index = cleaning.NgramIndex(train["clean_text"])
+        index = cleaning.NgramIndex(column(train, "clean_text"))
         parts = {k: self.decontaminate(index, v, k) for k, v in parts.items()}
         for role, part in parts.items():
             self.track(role, "contamination", len(part))
@@ -529,7 +531,7 @@ class Pipeline:
         self.track("validation", "tokenisation", len(val_tok))
         self.track("test", "tokenisation", len(test_tok))
         tokens = {
-            name: report.length_stats(d["length"], _trainable(d))
+            name: report.length_stats(column(d, "length"), _trainable(d))
             for name, d in (("train", train_tok), ("validation", val_tok), ("test", test_tok))
         }
 
@@ -759,14 +761,14 @@ def _strings(example: dict[str, Any]) -> list[tuple[str, Callable[[str], None]]]
 
 def _texts(ds: Dataset) -> Iterator[str]:
     """The training split's words (system prompts left out), for the fertility check."""
-    for kind, text in zip(ds["kind"], ds["example"], strict=True):
+    for kind, text in zip(column(ds, "kind"), column(ds, "example"), strict=True):
         yield example_text(kind, json.loads(text))
 
 
 def _trainable(ds: Dataset) -> list[int]:
     if "trainable" in ds.column_names:
-        return [int(x) for x in ds["trainable"]]
-    return [sum(1 for x in labels if x != IGNORE_INDEX) for labels in ds["labels"]]
+        return [int(x) for x in column(ds, "trainable")]
+    return [sum(1 for x in labels if x != IGNORE_INDEX) for labels in column(ds, "labels")]
 
 
 def _with_attention_mask(ds: Dataset) -> Dataset:
