@@ -71,13 +71,25 @@ class FakeKube:
         if key in self.created:
             return False
         self.created[key] = copy.deepcopy(body)
+        self.created[key]["metadata"]["uid"] = f"uid-{body['metadata']['name']}"
         return True
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.created.get((kind, name))
 
     def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.created.get(("Job", name))
 
+    def list_workloads(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return [body for (kind, _), body in self.created.items() if kind == "Job"]
+
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return self.pods
+        # The Job controller's pods name their Job as owner (a pod given without owners
+        # stands for one of the current Job's).
+        jobs = [{"uid": j["metadata"]["uid"]} for j in self.list_workloads(namespace, "")]
+        return [
+            {**p, "metadata": {"ownerReferences": jobs, **p["metadata"]}} for p in self.pods
+        ]
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.created.get(("Pod", name))
