@@ -84,3 +84,15 @@ def _free(path: Path) -> Path:
         n += 1
         out = path.with_name(f"{path.name}-{n}")
     return out
+
+
+def relocated(path: Path, paths: RunPaths) -> Path:
+    """`path` itself, or where `claim` moved it: a resumeFrom naming a checkpoint in this
+    output directory that turned out to be another job's (`superseded/<uid>/...`)."""
+    if path.exists() or not path.is_relative_to(paths.root):
+        return path
+    rel = path.relative_to(paths.root)
+    moved = sorted(
+        (paths.root / contract.SUPERSEDED_DIR).glob(f"*/{rel}"), key=lambda p: p.stat().st_mtime
+    )
+    return moved[-1] if moved else path

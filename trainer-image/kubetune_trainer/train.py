@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.common import ModelSource
 from kubetune.api.status import (
     Advice,
     CheckpointStatus,
@@ -644,6 +645,14 @@ class FineTuneRecipe:
             return None
         from .model_source import describe, resolve
 
+        # A checkpoint in this output directory may have been moved aside as another
+        # job's (identity.claim): the user named it, so it is used where it now is.
+        pvc, pvc_root = src.pvc, self.config.paths.pvc_root
+        if pvc is not None:
+            local = Path(pvc_root, pvc.claim_name, pvc.path.lstrip("/"))
+            src = ModelSource(path=str(identity.relocated(local, self.paths)))
+        elif src.path is not None:
+            src = ModelSource(path=str(identity.relocated(Path(src.path), self.paths)))
         scratch = Path(self.config.paths.scratch_dir, "resume-from")
         with self.state.local_main_process_first():
             where = resolve(src, scratch, pvc_root_dir=self.config.paths.pvc_root)
