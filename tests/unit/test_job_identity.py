@@ -70,7 +70,7 @@ def test_another_jobs_checkpoints_and_baseline_are_moved_aside_untouched(
     assert json.loads((tmp_path / c.IDENTITY_FILE).read_text())["uid"] == "u-new"
     # the named checkpoint is found where it was moved
     named = tmp_path / "checkpoints" / "checkpoint-40"
-    assert identity.relocated(named, paths) == aside / "checkpoints" / "checkpoint-40"
+    assert identity.relocated(named) == aside / "checkpoints" / "checkpoint-40"
 
 
 def test_a_changed_spec_or_a_missing_identity_is_not_this_runs(tmp_path: Path) -> None:

@@ -86,13 +86,15 @@ def _free(path: Path) -> Path:
     return out
 
 
-def relocated(path: Path, paths: RunPaths) -> Path:
-    """`path` itself, or where `claim` moved it: a resumeFrom naming a checkpoint in this
-    output directory that turned out to be another job's (`superseded/<uid>/...`)."""
-    if path.exists() or not path.is_relative_to(paths.root):
+def relocated(path: Path) -> Path:
+    """`path` itself, or where `claim` moved it: a resumeFrom naming a checkpoint
+    (`<run>/checkpoints/checkpoint-N`) that a later run found to be another job's and moved
+    to `<run>/superseded/<uid>/checkpoints/` (the newest such move)."""
+    if path.exists() or path.parent.name != "checkpoints":
         return path
-    rel = path.relative_to(paths.root)
+    run = path.parent.parent
     moved = sorted(
-        (paths.root / contract.SUPERSEDED_DIR).glob(f"*/{rel}"), key=lambda p: p.stat().st_mtime
+        run.glob(f"{contract.SUPERSEDED_DIR}/*/checkpoints/{path.name}"),
+        key=lambda p: p.parent.parent.stat().st_mtime,
     )
     return moved[-1] if moved else path

@@ -650,9 +650,9 @@ class FineTuneRecipe:
         pvc, pvc_root = src.pvc, self.config.paths.pvc_root
         if pvc is not None:
             local = Path(pvc_root, pvc.claim_name, pvc.path.lstrip("/"))
-            src = ModelSource(path=str(identity.relocated(local, self.paths)))
+            src = ModelSource(path=str(identity.relocated(local)))
         elif src.path is not None:
-            src = ModelSource(path=str(identity.relocated(Path(src.path), self.paths)))
+            src = ModelSource(path=str(identity.relocated(Path(src.path))))
         scratch = Path(self.config.paths.scratch_dir, "resume-from")
         with self.state.local_main_process_first():
             where = resolve(src, scratch, pvc_root_dir=self.config.paths.pvc_root)
