@@ -204,8 +204,8 @@ class FineTuneRecipe:
         #     spec hash), or moved aside before anything resumes or reads them.
         if self.state.is_main_process:
             moved = identity.claim(self.paths, self.config)
-            if moved is not None:
-                self.advice.append(moved)
+            if moved is not None:  # first: it names the DataWarning condition and Event
+                self.advice.insert(0, moved)
         self.state.wait_for_everyone()
         # 6. The model, loaded the way the method needs (4-bit for QLoRA), SDPA attention.
         self.model = self._load_model()
