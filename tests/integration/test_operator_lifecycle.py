@@ -372,20 +372,14 @@ def test_a_new_job_never_resumes_another_jobs_checkpoints_unless_named(
         e["reason"] == "ForeignCheckpointsIgnored" and e["involvedObject"]["name"] == "ident-second"
         for e in events
     )
-    # Named explicitly (where it was; the trainer finds where it was moved): resumed.
-    named = {"pvc": {"claimName": "kubetune-demo", "path": latest.split("kubetune-demo/")[1]}}
+    # Named explicitly, where the advice says it now is: resumed.
+    assert f"{c.SUPERSEDED_DIR}/{first_uid}" in st["advice"][0]["message"]
+    moved = aside.relative_to(demo_claim) / "checkpoints" / Path(latest).name
+    named = {"pvc": {"claimName": "kubetune-demo", "path": str(moved)}}
     apply_job(k8s, namespace, demo_job("ident-third", training={"epochs": 3, "resumeFrom": named}))
     st = finished(k8s, namespace, "ident-third")
     report_path = _host(demo_claim, st["output"]["report"])
     resumed = json.loads(report_path.read_text())["resumedFrom"]
-    assert resumed == str(
-        Path(
-            c.PVC_ROOT,
-            "kubetune-demo",
-            aside.relative_to(demo_claim),
-            "checkpoints",
-            Path(latest).name,
-        )
-    )
+    assert resumed == f"{c.PVC_ROOT}/kubetune-demo/{moved}"
     assert resumed_step(report_path) == first["checkpoints"]["latestStep"]
     assert st["progress"]["step"] == st["progress"]["totalSteps"] > steps
