@@ -410,8 +410,16 @@ def test_a_deleted_namesakes_job_is_waited_out_never_followed(
     assert trio(st)["Stalled"] == "False", "garbage collection will remove it"
     st = w.run(after=5)
     assert st["phase"] == Phase.PENDING and "startTime" not in st
-    # garbage-collected: the job creates its own
+    # The Job is gone, its pod still terminates (its trainer may still be saving a
+    # checkpoint into the same output directory): still waiting.
     del w.kube.created[("Job", "j-a1")]
+    terminating = pod("Running")
+    terminating["metadata"]["labels"] = {c.LABEL_JOB: "j", c.LABEL_JOB_UID: "u0"}
+    terminating["metadata"]["ownerReferences"] = [{"kind": "Job", "uid": "uid-old-job"}]
+    w.set_pods(terminating)
+    st = w.run(after=5)
+    assert "startTime" not in st and "j-a1-0" in cond(st, "Launched")["message"]
+    # garbage-collected: the job creates its own
     w.set_pods()
     st = w.run(after=5)
     assert st.get("startTime") and cond(st, "Launched")["status"] == "True"
