@@ -457,3 +457,21 @@ def test_a_failed_jobs_conditions_are_recomputed_after_its_spec_is_fixed(
     w.edit(suspend=False)
     st = w.run()
     assert st["phase"] == Phase.PENDING and cond(st, "Launched")["status"] == "True"
+
+
+def test_progress_reports_of_a_deleted_namesake_are_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reports carry the FineTuneJob's UID: one from a deleted job of the same name (same
+    attempt number) never shows as this job's progress."""
+    w = World(monkeypatch)
+    w.run()
+    w.set_pods(pod("Running"))
+    w.run()
+    report = {"namespace": "ns", "name": "j", "attempt": 1, "step": 40, "totalSteps": 20}
+    w.progress.put(ProgressReport.model_validate({**report, "uid": "u0"}))
+    st = w.run()
+    assert "no progress report yet" in st["message"] and "progress" not in st
+    w.progress.put(ProgressReport.model_validate({**report, "uid": "u1", "totalSteps": 120}))
+    st = w.run()
+    assert st["progress"]["step"] == 40 and st["progress"]["totalSteps"] == 120
