@@ -6,6 +6,8 @@ a cluster. Users may not set env vars whose names are reserved here.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 from enum import IntEnum
 
@@ -13,6 +15,7 @@ from pydantic import Field
 
 from .api.base import ApiModel
 from .api.phases import TrainerPhase
+from .api.spec import FineTuneJobSpec
 from .api.status import Advice, CheckpointStatus, EvaluationStatus, OutputStatus, Progress
 
 # --------------------------------------------------------------------------- env
@@ -56,6 +59,26 @@ TERMINATION_MESSAGE_LIMIT = 4096  # the kubelet truncates at 4 KiB
 DEFAULT_MASTER_PORT = 29500
 PROGRESS_PATH = "/v1/progress"  # on the operator's progress port
 
+# --------------------------------------------------------------------------- identity
+IDENTITY_FILE = "run-identity.json"
+"""In the output directory: whose checkpoints and baseline.json are there ({uid, specHash,
+job}). A run resumes only checkpoints whose identity is its own."""
+SUPERSEDED_DIR = "superseded"
+"""Where a run moves another job's checkpoints and baseline.json (`superseded/<uid>/`)."""
+FOREIGN_CHECKPOINTS = "foreignCheckpointsIgnored"
+"""The advice code (status.advice, and the Event reason ForeignCheckpointsIgnored) saying
+that another job's checkpoints were moved aside rather than resumed."""
+
+
+def spec_hash(spec: FineTuneJobSpec) -> str:
+    """The spec's fingerprint, binding checkpoints to what they were trained for: computed
+    here only, by the operator (into the trainer config) and by a trainer run by hand.
+    `suspend` is left out: suspending and resuming is the same run."""
+    doc = spec.model_dump(by_alias=True, mode="json", exclude={"suspend"})
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- image
 TRAINER_ENTRYPOINT = ("python", "-m", "kubetune_trainer")
 """The trainer image's ENTRYPOINT (checked against trainer-image/Dockerfile by a test)."""
@@ -64,6 +87,7 @@ TRAINER_LAUNCH_ARGS = ("launch", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}")
 
 # --------------------------------------------------------------------------- labels
 LABEL_JOB = "kubetune.io/job"
+LABEL_JOB_UID = "kubetune.io/job-uid"  # the FineTuneJob's UID: a re-created job's differs
 LABEL_ATTEMPT = "kubetune.io/attempt"
 LABEL_COMPONENT = "kubetune.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -149,6 +173,8 @@ class ProgressReport(Progress):
 
     namespace: str
     name: str
+    uid: str = ""
+    """The FineTuneJob's UID: a report from a deleted job of the same name is ignored."""
     attempt: int = 0
     checkpoint: str | None = None
     checkpoint_step: int | None = None

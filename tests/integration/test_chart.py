@@ -27,6 +27,8 @@ NAMESPACED_ALLOWED = [
     *[(v, "pods") for v in ("get", "list", "watch", "create", "delete")],
     ("create", "configmaps"),
     ("create", "services"),
+    ("get", "configmaps"),  # a name taken: a deleted namesake's child is waited out
+    ("get", "services"),
     ("create", "persistentvolumeclaims"),
     ("get", "persistentvolumeclaims"),  # a multi-node job's output claim must be RWX
     ("create", "events"),
@@ -43,7 +45,7 @@ NAMESPACED_DENIED = [
     ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("delete", "persistentvolumeclaims"),
-    ("get", "configmaps"),
+    ("list", "configmaps"),
     ("delete", "services"),
     ("update", "finetunejobs.kubetune.io"),
     # Granted before the audit-log proof (now in test_realnode.py) showed nothing uses them.

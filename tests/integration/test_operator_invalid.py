@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from kubetune.api import GROUP, PLURAL, VERSION
 from tests.integration.harness import (
     OperatorProcess,
     apply_job,
@@ -252,3 +253,39 @@ def test_wrong_jobs_fail_with_the_cause_and_are_not_retried(
         if twice:
             problems.append(f"{name}: says {twice} twice: {st['message']}")
     assert problems == []
+
+
+def test_a_refused_job_is_planned_again_once_its_spec_is_fixed(
+    operator: OperatorProcess, k8s: client.ApiClient, namespace: str, claims: None
+) -> None:
+    """NothingFits before launch, then the user fixes the spec (never launched, so CEL lets
+    it change): the job is planned again and goes on, and its conditions are the new
+    generation's only: no Failed=True or NothingFits beside the new phase."""
+    extra = "  method: full\n  resources: {gpuType: L4}\n  suspend: true"
+    apply_job(k8s, namespace, job("fixable", f"{{hf: {{repo: a/b}}, {LLAMA_70B}}}", extra))
+    body = wait_for(k8s, namespace, "fixable", _ended, stall=120, what="Failed")
+    assert condition(body, "Failed")["reason"] == "NothingFits"
+    api = client.CustomObjectsApi(k8s)
+    fix = {"spec": {"method": "lora", "resources": None}}
+    api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "fixable", fix)
+    body = wait_for(k8s, namespace, "fixable", phase_is("Suspended"), 60, "Suspended")
+    st = body["status"]
+    assert st["observedGeneration"] == body["metadata"]["generation"] == 2
+    assert condition(body, "Failed")["status"] == "False"
+    assert condition(body, "Planned")["status"] == "True"
+    assert condition(body, "Stalled")["status"] == "False"
+    stale = [x for x in st["conditions"] if x["reason"] == "NothingFits"]
+    assert stale == [], stale
+    assert {x["observedGeneration"] for x in st["conditions"]} == {2}
+    resume = {"spec": {"suspend": False}}
+    api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "fixable", resume)
+    body = wait_for(
+        k8s,
+        namespace,
+        "fixable",
+        lambda b: condition(b, "Launched").get("status") == "True",
+        60,
+        "the launch",
+    )
+    assert condition(body, "Failed")["status"] == "False"
+    api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "fixable")

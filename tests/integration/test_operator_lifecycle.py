@@ -264,3 +264,122 @@ def test_delete_removes_children_and_keeps_user_claims(
     claims = raw(core.list_namespaced_persistent_volume_claim, namespace)["items"]
     assert [p["metadata"]["name"] for p in claims] == ["kubetune-demo"]
     assert (demo_claim / "tiny-llama" / "config.json").is_file()
+
+
+def _crd_api(k8s: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(k8s)
+
+
+def _uid(k8s: client.ApiClient, namespace: str, name: str) -> str:
+    return str(get_job(k8s, namespace, name)["metadata"]["uid"])
+
+
+def _host(demo_claim: Path, pod_path: str) -> Path:
+    return Path(pod_path.replace(f"{c.PVC_ROOT}/kubetune-demo", str(demo_claim)))
+
+
+def test_a_recreated_job_waits_out_its_deleted_namesakes_children(
+    operator: OperatorProcess, k8s: client.ApiClient, namespace: str, demo_claim: Path
+) -> None:
+    """Delete a running FineTuneJob and apply one with the same name while the old Job is
+    still there (a finalizer holds it, as a slow garbage collector would): the new job
+    neither adopts that Job nor shows its pods; it waits, and once the old Job and its pods
+    are gone it launches its own and succeeds on its own spec."""
+    batch = client.BatchV1Api(k8s)
+    apply_job(k8s, namespace, demo_job("reborn", training={"epochs": 24}))
+    wait_for(k8s, namespace, "reborn", phase_is("Running"), TRAINING_STALL, "Running")
+    old_uid = _uid(k8s, namespace, "reborn")
+    hold = {"metadata": {"finalizers": ["kubetune.io/test-hold"]}}
+    raw(batch.patch_namespaced_job, "reborn-a1", namespace, hold)
+    raw(
+        _crd_api(k8s).delete_namespaced_custom_object,
+        "kubetune.io",
+        "v1alpha1",
+        namespace,
+        "finetunejobs",
+        "reborn",
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            get_job(k8s, namespace, "reborn")
+        except client.ApiException as exc:
+            if exc.status == 404:
+                break
+            raise
+        time.sleep(0.5)
+    apply_job(k8s, namespace, demo_job("reborn", training={"epochs": 1}))
+    new_uid = _uid(k8s, namespace, "reborn")
+    assert new_uid != old_uid
+    body = wait_for(
+        k8s,
+        namespace,
+        "reborn",
+        lambda b: (
+            phase_is("Running", "Succeeded", "Failed")(b)
+            or condition(b, "Launched").get("reason") == "WaitingForStaleChildren"
+        ),
+        120,
+        "the new job to wait for the old Job",
+    )
+    st = body["status"]
+    assert condition(body, "Launched").get("reason") == "WaitingForStaleChildren", st
+    assert old_uid in st["message"] and "startTime" not in st and "progress" not in st
+    assert condition(body, "Stalled")["status"] == "False"
+    # still waiting a few reconciles later (the operator resyncs every 5 s here)
+    time.sleep(8)
+    body = get_job(k8s, namespace, "reborn")
+    assert "startTime" not in body["status"] and "progress" not in body["status"]
+    # Let garbage collection take the old Job (and so its pods): the new job goes on.
+    raw(batch.patch_namespaced_job, "reborn-a1", namespace, {"metadata": {"finalizers": None}})
+    st = finished(k8s, namespace, "reborn")
+    job = raw(batch.read_namespaced_job, "reborn-a1", namespace)
+    assert [o["uid"] for o in job["metadata"]["ownerReferences"]] == [new_uid]
+    assert st["attempt"] == 1 and st["restarts"] == 0
+    report = json.loads(_host(demo_claim, st["output"]["report"]).read_text())
+    assert report["resumedFrom"] is None and report["job"]["uid"] == new_uid
+    assert st["progress"]["step"] == st["progress"]["totalSteps"]
+
+
+def test_a_new_job_never_resumes_another_jobs_checkpoints_unless_named(
+    operator: OperatorProcess, k8s: client.ApiClient, namespace: str, demo_claim: Path
+) -> None:
+    """A second job (same spec, another UID) writing where a finished one wrote starts
+    fresh: the first job's checkpoints and baseline.json are moved aside (kept, not
+    resumed, not scored from), and status says so. A third job naming one of them in
+    spec.training.resumeFrom continues from it."""
+    apply_job(k8s, namespace, demo_job("ident-first", training={"epochs": 2}))
+    first = finished(k8s, namespace, "ident-first")
+    first_uid = _uid(k8s, namespace, "ident-first")
+    steps = first["progress"]["totalSteps"]
+    latest = first["checkpoints"]["latest"]
+    second = demo_job("ident-second", training={"epochs": 2})
+    second["spec"]["output"]["pvc"]["path"] = "runs/ident-first"
+    apply_job(k8s, namespace, second)
+    st = finished(k8s, namespace, "ident-second")
+    report = json.loads(_host(demo_claim, st["output"]["report"]).read_text())
+    assert report["resumedFrom"] is None
+    assert st["progress"]["step"] == st["progress"]["totalSteps"] == steps
+    aside = demo_claim / "runs/ident-first" / c.SUPERSEDED_DIR / first_uid
+    assert (aside / "checkpoints" / Path(latest).name / "trainer_state.json").is_file()
+    assert (aside / "baseline.json").is_file()
+    codes = [a["code"] for a in st.get("advice") or []]
+    assert c.FOREIGN_CHECKPOINTS in codes
+    warning = get_job(k8s, namespace, "ident-second")
+    assert condition(warning, "DataWarning")["reason"] == "ForeignCheckpointsIgnored"
+    events = raw(client.CoreV1Api(k8s).list_namespaced_event, namespace)["items"]
+    assert any(
+        e["reason"] == "ForeignCheckpointsIgnored" and e["involvedObject"]["name"] == "ident-second"
+        for e in events
+    )
+    # Named explicitly, where the advice says it now is: resumed.
+    assert f"{c.SUPERSEDED_DIR}/{first_uid}" in st["advice"][0]["message"]
+    moved = aside.relative_to(demo_claim) / "checkpoints" / Path(latest).name
+    named = {"pvc": {"claimName": "kubetune-demo", "path": str(moved)}}
+    apply_job(k8s, namespace, demo_job("ident-third", training={"epochs": 3, "resumeFrom": named}))
+    st = finished(k8s, namespace, "ident-third")
+    report_path = _host(demo_claim, st["output"]["report"])
+    resumed = json.loads(report_path.read_text())["resumedFrom"]
+    assert resumed == f"{c.PVC_ROOT}/kubetune-demo/{moved}"
+    assert resumed_step(report_path) == first["checkpoints"]["latestStep"]
+    assert st["progress"]["step"] == st["progress"]["totalSteps"] > steps

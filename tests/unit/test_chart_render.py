@@ -52,6 +52,8 @@ NAMESPACED = {("kubetune.io", "finetunejobs", v) for v in ("get", "list", "watch
     *{("", "pods", v) for v in ("get", "list", "watch", "create", "delete")},
     ("", "configmaps", "create"),
     ("", "services", "create"),
+    ("", "configmaps", "get"),  # a name taken: whose is it (a deleted namesake's?)
+    ("", "services", "get"),
     ("", "persistentvolumeclaims", "create"),
     ("", "persistentvolumeclaims", "get"),  # multi-node: the output claim must be RWX
     ("", "events", "create"),

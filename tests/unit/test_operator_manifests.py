@@ -201,3 +201,23 @@ def test_every_kubetune_env_var_on_a_trainer_pod_is_read_by_the_trainer() -> Non
             name = constants.get(env["name"])
             assert name is not None, f"{env['name']} is not a contract constant"
             assert name in source, f"{env['name']} ({name}) is set but the trainer never reads it"
+
+
+def test_the_spec_hash_survives_the_trip_to_the_trainer_and_ignores_suspend() -> None:
+    """One function computes it (contract.spec_hash); the trainer reads the operator's
+    figure and gets the same one from the spec it was handed."""
+    cm = manifests.config_map(JOB, spec(), PLAN, SETTINGS, attempt=1)
+    cfg = TrainerConfig.model_validate(yaml.safe_load(cm["data"][c.CONFIG_FILE]))
+    assert cfg.job.uid == JOB.uid and cfg.job.spec_hash == c.spec_hash(spec())
+    assert c.spec_hash(cfg.spec) == cfg.job.spec_hash
+    assert c.spec_hash(spec().model_copy(update={"suspend": True})) == cfg.job.spec_hash
+    changed = spec().model_copy(update={"max_restarts": spec().max_restarts + 1})
+    assert c.spec_hash(changed) != cfg.job.spec_hash
+
+
+def test_children_carry_the_job_uid_and_ownership_is_by_uid() -> None:
+    objs = manifests.launch_objects(JOB, spec(), PLAN, SETTINGS, attempt=1)
+    job = objs[-1]
+    assert job["spec"]["template"]["metadata"]["labels"][c.LABEL_JOB_UID] == JOB.uid
+    assert manifests.owned_by(job, JOB.uid)
+    assert not manifests.owned_by(job, "another-uid")

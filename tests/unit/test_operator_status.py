@@ -35,6 +35,13 @@ LLAMA_1B = {
     "vocabSize": 128256,
     "modelType": "llama",
 }
+LLAMA_70B = {
+    **LLAMA_1B,
+    "numLayers": 80,
+    "hiddenSize": 8192,
+    "intermediateSize": 28672,
+    "numAttentionHeads": 64,
+}
 
 
 def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -71,13 +78,23 @@ class FakeKube:
         if key in self.created:
             return False
         self.created[key] = copy.deepcopy(body)
+        self.created[key]["metadata"]["uid"] = f"uid-{body['metadata']['name']}"
         return True
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.created.get((kind, name))
 
     def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.created.get(("Job", name))
 
+    def list_workloads(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return [body for (kind, _), body in self.created.items() if kind == "Job"]
+
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return self.pods
+        # The Job controller's pods name their Job as owner (a pod given without owners
+        # stands for one of the current Job's).
+        jobs = [{"uid": j["metadata"]["uid"]} for j in self.list_workloads(namespace, "")]
+        return [{**p, "metadata": {"ownerReferences": jobs, **p["metadata"]}} for p in self.pods]
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.created.get(("Pod", name))
@@ -364,3 +381,97 @@ def test_a_failure_waiting_for_its_retry_is_forgotten_by_the_next_launch(
     assert all(x["type"] != ConditionType.RESTARTING for x in st["conditions"])
     st = w.run(after=3600)
     assert st["attempt"] == 2, "no second relaunch from a stale Restarting condition"
+
+
+def test_a_deleted_namesakes_job_is_waited_out_never_followed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The FineTuneJob was deleted and applied again: its predecessor's Job (same name,
+    another owner UID) is still there. The new one neither adopts it (a 409 is not "mine")
+    nor shows its pods, and launches its own once garbage collection has removed it."""
+    w = World(monkeypatch)
+    old = {
+        "kind": "Job",
+        "metadata": {
+            "name": "j-a1",
+            "uid": "uid-old-job",
+            "labels": {c.LABEL_JOB: "j", c.LABEL_JOB_UID: "u0"},
+            "ownerReferences": [{"kind": "FineTuneJob", "name": "j", "uid": "u0"}],
+        },
+        "spec": {"parallelism": 1},
+        "status": {},
+    }
+    w.kube.created[("Job", "j-a1")] = old
+    w.set_pods(pod("Running"))
+    st = w.run()
+    assert st["phase"] == Phase.PENDING and "startTime" not in st
+    assert cond(st, "Launched")["reason"] == Reason.WAITING_FOR_STALE_CHILDREN
+    assert "u0" in cond(st, "Launched")["message"]
+    assert trio(st)["Stalled"] == "False", "garbage collection will remove it"
+    st = w.run(after=5)
+    assert st["phase"] == Phase.PENDING and "startTime" not in st
+    # The Job is gone, its pod still terminates (its trainer may still be saving a
+    # checkpoint into the same output directory): still waiting.
+    del w.kube.created[("Job", "j-a1")]
+    terminating = pod("Running")
+    terminating["metadata"]["labels"] = {c.LABEL_JOB: "j", c.LABEL_JOB_UID: "u0"}
+    terminating["metadata"]["ownerReferences"] = [{"kind": "Job", "uid": "uid-old-job"}]
+    w.set_pods(terminating)
+    st = w.run(after=5)
+    assert "startTime" not in st and "j-a1-0" in cond(st, "Launched")["message"]
+    # garbage-collected: the job creates its own
+    w.set_pods()
+    st = w.run(after=5)
+    assert st.get("startTime") and cond(st, "Launched")["status"] == "True"
+    assert w.kube.created[("Job", "j-a1")]["metadata"]["ownerReferences"][0]["uid"] == "u1"
+
+
+def test_an_orphaned_namesake_stalls_with_what_to_delete(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = World(monkeypatch)
+    w.kube.created[("Job", "j-a1")] = {
+        "kind": "Job",
+        "metadata": {"name": "j-a1", "uid": "uid-orphan", "labels": {c.LABEL_JOB: "j"}},
+        "status": {},
+    }
+    st = w.run()
+    assert trio(st)["Stalled"] == "True" and "delete it" in st["message"]
+
+
+def test_a_failed_jobs_conditions_are_recomputed_after_its_spec_is_fixed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NothingFits before launch, then a spec fix: planned again, and no condition of the
+    refusal (Failed=True, Running=False NothingFits) stays beside the new phase."""
+    w = World(monkeypatch, method="full", resources={"gpuType": "NVIDIA-L4"}, suspend=True)
+    w.kube.body["spec"]["model"]["architecture"] = LLAMA_70B
+    st = w.run()
+    assert st["phase"] == Phase.FAILED and cond(st, "Failed")["reason"] == Reason.NOTHING_FITS
+    w.edit(method="lora", resources={})
+    w.kube.body["spec"]["model"]["architecture"] = LLAMA_1B
+    st = w.run()
+    assert st["phase"] == Phase.SUSPENDED and st["observedGeneration"] == 2
+    assert cond(st, "Failed")["status"] == "False"
+    assert cond(st, "Planned")["status"] == "True"
+    stale = [x for x in st["conditions"] if x["reason"] == Reason.NOTHING_FITS]
+    assert stale == []
+    w.edit(suspend=False)
+    st = w.run()
+    assert st["phase"] == Phase.PENDING and cond(st, "Launched")["status"] == "True"
+
+
+def test_progress_reports_of_a_deleted_namesake_are_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reports carry the FineTuneJob's UID: one from a deleted job of the same name (same
+    attempt number) never shows as this job's progress."""
+    w = World(monkeypatch)
+    w.run()
+    w.set_pods(pod("Running"))
+    w.run()
+    report = {"namespace": "ns", "name": "j", "attempt": 1, "step": 40, "totalSteps": 20}
+    w.progress.put(ProgressReport.model_validate({**report, "uid": "u0"}))
+    st = w.run()
+    assert "no progress report yet" in st["message"] and "progress" not in st
+    w.progress.put(ProgressReport.model_validate({**report, "uid": "u1", "totalSteps": 120}))
+    st = w.run()
+    assert st["progress"]["step"] == 40 and st["progress"]["totalSteps"] == 120

@@ -165,9 +165,12 @@ class EarlyStopping(TrainerCallback):
 class ProgressCallback(TrainerCallback):
     """Feeds the reporter from rank 0's logs; reads nothing that costs a sync."""
 
-    def __init__(self, reporter: ProgressReporter, namespace: str, name: str, attempt: int) -> None:
+    def __init__(
+        self, reporter: ProgressReporter, namespace: str, name: str, attempt: int, uid: str = ""
+    ) -> None:
         self.reporter = reporter
-        self.ident = {"namespace": namespace, "name": name, "attempt": attempt}
+        # the UID: the operator ignores the reports of a deleted job of the same name
+        self.ident = {"namespace": namespace, "name": name, "uid": uid, "attempt": attempt}
         self.started = time.monotonic()
         self.start_step = 0
         self.start_tokens = 0

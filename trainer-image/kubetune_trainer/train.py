@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.common import ModelSource
 from kubetune.api.status import (
     Advice,
     CheckpointStatus,
@@ -37,6 +38,7 @@ from . import (
     checkpoints,
     evaluation,
     gate,
+    identity,
     outputs,
     plots,
     selection,
@@ -198,6 +200,13 @@ class FineTuneRecipe:
             raise BadInput(f"cannot load the tokenizer from {self.model_dir}: {err}") from err
         # 5. Data: the pipeline runs once per node; the other ranks load its output.
         self.splits = self._prepare_data()
+        # 5b. The output directory's checkpoints and baseline.json are this job's (UID and
+        #     spec hash), or moved aside before anything resumes or reads them.
+        if self.state.is_main_process:
+            moved = identity.claim(self.paths, self.config)
+            if moved is not None:  # first: it names the DataWarning condition and Event
+                self.advice.insert(0, moved)
+        self.state.wait_for_everyone()
         # 6. The model, loaded the way the method needs (4-bit for QLoRA), SDPA attention.
         self.model = self._load_model()
         # 7. The baselines (before any adapter) and the benchmarks, kept across resumes.
@@ -532,8 +541,9 @@ class FineTuneRecipe:
             if self.state.is_main_process
             else ProgressReporter(None, None)
         )
+        job = self.config.job
         self.progress = ProgressCallback(
-            self.reporter, self.config.job.namespace, self.config.job.name, self.config.job.attempt
+            self.reporter, job.namespace, job.name, job.attempt, job.uid
         )
         callbacks: list[Any] = [NaNGuard(), PreemptionCallback(self.preemption), self.progress]
         if self.zero3 and self._wants_baseline():
@@ -604,9 +614,9 @@ class FineTuneRecipe:
                 log.info("removed incomplete checkpoint %s", leftover)
         self.state.wait_for_everyone()
         latest = checkpoints.latest(root)
-        self.resumed_from = str(latest.path) if latest else None
-        if latest:
-            log.info("resuming from %s (step %d)", latest.path, latest.step)
+        self.resumed_from = str(latest.path) if latest else self._resume_from()
+        if self.resumed_from:
+            log.info("resuming from %s", self.resumed_from)
         result = self.trainer.train(resume_from_checkpoint=self.resumed_from)
         # the evaluations of the run (a later trainer.evaluate() logs into the same history)
         self.train_history = list(self.trainer.state.log_history)
@@ -626,6 +636,32 @@ class FineTuneRecipe:
             # what is exported and evaluated is the best evaluation's checkpoint, not the
             # last step's (every rank: under ZeRO-3 the engine loads its own shards)
             self.best_loaded = selection.restore_best(self.trainer)
+
+    def _resume_from(self) -> str | None:
+        """spec.training.resumeFrom, when this job has no checkpoint of its own yet: the
+        checkpoint the user named (downloaded once per node from an object store)."""
+        src = self.spec.training.resume_from
+        if src is None:
+            return None
+        from .model_source import describe, resolve
+
+        # A checkpoint in this output directory may have been moved aside as another
+        # job's (identity.claim): the user named it, so it is used where it now is.
+        pvc, pvc_root = src.pvc, self.config.paths.pvc_root
+        if pvc is not None:
+            local = Path(pvc_root, pvc.claim_name, pvc.path.lstrip("/"))
+            src = ModelSource(path=str(identity.relocated(local)))
+        elif src.path is not None:
+            src = ModelSource(path=str(identity.relocated(Path(src.path))))
+        scratch = Path(self.config.paths.scratch_dir, "resume-from")
+        with self.state.local_main_process_first():
+            where = resolve(src, scratch, pvc_root_dir=self.config.paths.pvc_root)
+        if not (where / checkpoints.STATE_FILE).is_file():
+            raise BadInput(
+                f"spec.training.resumeFrom: {describe(src)} is not a checkpoint (no"
+                f" {checkpoints.STATE_FILE} in {where}); name a checkpoint-N directory"
+            )
+        return str(where)
 
     # ------------------------------------------------------------------ save
     def save(self) -> None:

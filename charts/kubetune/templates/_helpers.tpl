@@ -116,6 +116,10 @@ operator/kubetune/operator/kube.py (its only API calls) and kopf's watches. */}}
 - apiGroups: [""]
   resources: [configmaps, services, persistentvolumeclaims]
   verbs: [create]
+# A name already taken is read: a child of a deleted namesake is waited out, not adopted.
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [get]
 # A multi-node job's output claim must be ReadWriteMany: its access modes are read first.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]

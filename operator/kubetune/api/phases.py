@@ -88,6 +88,9 @@ class Reason(StrEnum):
     CONFIG_ERROR = "ConfigError"
     OUTPUT_CLAIM_NOT_SHARED = "OutputClaimNotShared"
     WAITING_FOR_PREVIOUS_JOB = "WaitingForPreviousJob"
+    WAITING_FOR_STALE_CHILDREN = "WaitingForStaleChildren"
+    """A child's name is taken by a deleted namesake's object (another UID), not yet
+    garbage-collected: never adopted, waited out."""
     PREVIOUS_JOB_UNUSABLE = "PreviousJobUnusable"
     # running
     RUNNING = "Running"

@@ -343,6 +343,11 @@ class TrainingSpec(ApiModel):
     load_best_at_end: bool = True
     """Export and evaluate the best checkpoint by the watched metric (earlyStopping.metric,
     else validation loss) instead of the last one."""
+    resume_from: ModelSource | None = None
+    """A checkpoint (a `checkpoint-N` directory with `trainer_state.json`) to continue from,
+    e.g. one an earlier, deleted job left behind. Without it a job resumes only its own
+    checkpoints: those of another job (another UID or spec) in the output directory are
+    moved aside, never used (docs/operator.md, Job identity)."""
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -859,6 +864,7 @@ class FineTuneJobSpec(ApiModel):
             found += [b.source for b in ev.forgetting.benchmarks]
         if ev.previous is not None:
             found.append(ev.previous.model)
+        found.append(self.training.resume_from)
         return [src for src in found if src is not None]
 
     def object_stores(self) -> list[ObjectStoreSource]:

@@ -25,6 +25,8 @@ class JobRef(ApiModel):
     name: str
     uid: str = ""
     attempt: int = 0
+    spec_hash: str = ""
+    """contract.spec_hash of the spec: with the UID, whose checkpoints a run may resume."""
 
 
 class RuntimePaths(ApiModel):

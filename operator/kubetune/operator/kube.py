@@ -86,6 +86,30 @@ class Kube:
             raise
         return True
 
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One child by kind and name (None when absent): whose a taken name is."""
+        self.requests += 1
+        readers: dict[str, Callable[..., Any]] = {
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "Service": self.core.read_namespaced_service,
+            "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
+            "Pod": self.core.read_namespaced_pod,
+            "Job": self.batch.read_namespaced_job,
+        }
+        try:
+            return _load(readers[kind](name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_workloads(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        self.requests += 1
+        resp = self.batch.list_namespaced_job(
+            namespace, label_selector=selector, _preload_content=False
+        )
+        return list(_load(resp).get("items", []))
+
     def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.requests += 1
         try:

@@ -88,9 +88,18 @@ def labels(job: JobMeta, attempt: int | None = None, component: str = "trainer")
         c.LABEL_COMPONENT: component,
         c.LABEL_MANAGED_BY: c.MANAGED_BY,
     }
+    if job.uid:
+        out[c.LABEL_JOB_UID] = job.uid
     if attempt is not None:
         out[c.LABEL_ATTEMPT] = str(attempt)
     return out
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    """True when `obj` names the FineTuneJob (or Job) with `uid` among its owners: a child
+    found by name alone may be a deleted namesake's, not yet garbage-collected."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
 
 
 def _metadata(name: str, job: JobMeta, attempt: int | None, component: str) -> dict[str, Any]:
@@ -173,7 +182,13 @@ def trainer_config(
 ) -> TrainerConfig:
     return TrainerConfig(
         previous=previous,
-        job=JobRef(namespace=job.namespace, name=job.name, uid=job.uid, attempt=attempt),
+        job=JobRef(
+            namespace=job.namespace,
+            name=job.name,
+            uid=job.uid,
+            attempt=attempt,
+            spec_hash=c.spec_hash(spec),
+        ),
         spec=spec,
         plan=plan,
         paths=RuntimePaths(pvc_root=c.PVC_ROOT, output_dir=output_dir(spec)),

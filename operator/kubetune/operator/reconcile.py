@@ -40,7 +40,7 @@ from kubetune.api.status import (
 )
 from kubetune.api.trainer_config import PreviousModel
 from kubetune.api.validate import problems_from_error
-from kubetune.contract import ExitCode
+from kubetune.contract import ExitCode, ProgressReport
 from kubetune.planner import (
     Arch,
     ArchitectureError,
@@ -72,6 +72,20 @@ MAX_BACKOFF = 600.0
 POOL_CACHE_SECONDS = 10.0
 # The scheduler's words for a claim that does not exist (not one that is still binding).
 MISSING_CLAIM = re.compile(r'persistentvolumeclaim "[^"]+" not found')
+# What a refusal before launch said, recomputed once the spec changes (conditions.py
+# recomputes Ready/Reconciling/Stalled/Suspended from the phase).
+RECOMPUTED_ON_SPEC_CHANGE = frozenset(
+    {
+        ConditionType.VALID,
+        ConditionType.PLANNED,
+        ConditionType.LAUNCHED,
+        ConditionType.RUNNING,
+        ConditionType.RESTARTING,
+        ConditionType.SUCCEEDED,
+        ConditionType.EVALUATION_PASSED,
+        ConditionType.DATA_WARNING,
+    }
+)
 
 
 def _now() -> datetime:
@@ -239,8 +253,7 @@ class Reconciler:
             self._finished(ctx)
             return
         if is_true(st.get("conditions", []), ConditionType.FAILED):
-            # A job refused before launch, whose spec has changed since: look again.
-            ctx.condition(ConditionType.FAILED, False, Reason.SPEC_CHANGED, "spec changed")
+            self._spec_fixed(ctx)
         spec = self._validate(ctx)
         if not launched:
             self._plan(ctx, spec)
@@ -251,6 +264,23 @@ class Reconciler:
             self._launch(ctx, spec, attempt=1)
             return
         self._supervise(ctx, spec)
+
+    def _spec_fixed(self, ctx: Ctx) -> None:
+        """A job refused before launch whose spec has changed since: every condition the
+        refusal set is dropped, so that what follows is computed from this generation
+        alone (no Failed=True beside a new phase), and the job is planned again."""
+        st = ctx.status
+        failed = get_condition(st.get("conditions", []), ConditionType.FAILED) or {}
+        st["conditions"] = [
+            x for x in st.get("conditions", []) if x.get("type") not in RECOMPUTED_ON_SPEC_CHANGE
+        ]
+        st.pop("plan", None)
+        msg = (
+            f"spec changed (generation {ctx.generation}) after {failed.get('reason')}:"
+            " planning again"
+        )
+        ctx.condition(ConditionType.FAILED, False, Reason.SPEC_CHANGED, msg)
+        ctx.event("Normal", Reason.SPEC_CHANGED, msg)
 
     def _finished(self, ctx: Ctx) -> None:
         ttl = (ctx.body.get("spec") or {}).get("ttlSecondsAfterFinished")
@@ -349,6 +379,8 @@ class Reconciler:
         if pod is None:
             self.kube.create(probe)
             return None
+        if not manifests.owned_by(pod, meta.uid):
+            self._wait_for_stale(ctx, "Pod", pod, Phase.PLANNING)
         phase = (pod.get("status") or {}).get("phase")
         term = terminated(pod)
         if phase == "Succeeded" and term is not None:
@@ -443,8 +475,9 @@ class Reconciler:
         plan_ = Plan.model_validate(ctx.status["plan"])
         self._check_shared_output(ctx, spec, plan_)
         prev = self._previous(ctx, spec, attempt)
+        self._stale_children(ctx)
         for obj in manifests.launch_objects(meta, spec, plan_, self.settings, attempt, prev):
-            self.kube.create(obj)
+            self._create(ctx, obj)
         st = ctx.status
         first = not st.get("startTime")
         st.setdefault("startTime", _ts(ctx.now))
@@ -464,6 +497,69 @@ class Reconciler:
             )
         ctx.phase(Phase.PENDING, Reason.LAUNCHED, f"Job {name} created; waiting for its pods")
         ctx.again(2.0)
+
+    def _create(self, ctx: Ctx, obj: dict[str, Any]) -> None:
+        """Creates a child; a name already taken is this job's only when the object's owner
+        is this job's UID (a crash between create and status write), never by name alone."""
+        if self.kube.create(obj) or obj["kind"] == "PersistentVolumeClaim":
+            return  # the output claim is the user's: shared by every job that names it
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        found = self.kube.read(kind, ctx.meta.namespace, name)
+        if found is None:  # deleted in between: created on the next reconcile
+            ctx.again(1.0)
+            raise Stop
+        if not manifests.owned_by(found, ctx.meta.uid):
+            self._wait_for_stale(ctx, kind, found)
+
+    def _stale_children(self, ctx: Ctx) -> None:
+        """Before a launch: no Job or pod of a deleted namesake (same name, another UID) may
+        still run. Its trainers would write the same output directory and register the same
+        hostnames; garbage collection removes them, this job waits until it has."""
+        meta = ctx.meta
+        selector = f"{c.LABEL_JOB}={meta.name}"
+        jobs = self.kube.list_workloads(meta.namespace, selector)
+        mine = {j["metadata"]["uid"] for j in jobs if manifests.owned_by(j, meta.uid)}
+        for job in jobs:
+            if job["metadata"]["uid"] not in mine:
+                self._wait_for_stale(ctx, "Job", job)
+        for pod in self.kube.list_pods(meta.namespace, selector):
+            labels = pod["metadata"].get("labels") or {}
+            own = (
+                labels.get(c.LABEL_JOB_UID) == meta.uid
+                or manifests.owned_by(pod, meta.uid)
+                or any(manifests.owned_by(pod, uid) for uid in mine)
+            )
+            if not own:
+                self._wait_for_stale(ctx, "Pod", pod)
+
+    def _wait_for_stale(
+        self, ctx: Ctx, kind: str, obj: dict[str, Any], phase: Phase = Phase.PENDING
+    ) -> NoReturn:
+        """Waits while a child's name (or the job's label) is held by another UID's object.
+        One owned by a deleted FineTuneJob goes with garbage collection; one without any
+        owner (orphaned on purpose) never does: Stalled, a person deletes it."""
+        meta = obj.get("metadata") or {}
+        owners = meta.get("ownerReferences") or []
+        name = f"{kind} {meta.get('name')}"
+        if owners:
+            whose = ", ".join(f"{o.get('kind')} {o.get('name')} uid {o.get('uid')}" for o in owners)
+            msg = (
+                f"waiting for the previous job's children to be deleted: {name} belongs to"
+                f" {whose}, not to this FineTuneJob (uid {ctx.meta.uid})"
+            )
+            stalled = False
+        else:
+            msg = (
+                f"{name} of an earlier job named {ctx.meta.name} has no owner (orphaned) and"
+                " will not be garbage-collected: delete it to let this job start"
+            )
+            stalled = True
+        if not ctx.status.get("startTime"):
+            ctx.condition(ConditionType.LAUNCHED, False, Reason.WAITING_FOR_STALE_CHILDREN, msg)
+        ctx.condition(ConditionType.RUNNING, False, Reason.WAITING_FOR_STALE_CHILDREN, msg)
+        ctx.phase(phase, Reason.WAITING_FOR_STALE_CHILDREN, msg, stalled=stalled)
+        ctx.again(3.0)
+        raise Stop
 
     def _check_shared_output(self, ctx: Ctx, spec: FineTuneJobSpec, plan_: Plan) -> None:
         """Every node of a multi-node plan writes checkpoints (each rank its ZeRO shards) to
@@ -528,9 +624,13 @@ class Reconciler:
             self._retry(ctx, spec, attempt)
             return
         job = self.kube.get_workload(meta.namespace, wl_name)
+        if job is not None and not manifests.owned_by(job, meta.uid):
+            self._wait_for_stale(ctx, "Job", job)  # a deleted namesake's: never followed
         pods = self.kube.list_pods(
             meta.namespace, f"{c.LABEL_JOB}={meta.name},{c.LABEL_ATTEMPT}={attempt}"
         )
+        if job is not None:  # only this Job's pods, not a namesake's still terminating
+            pods = [p for p in pods if manifests.owned_by(p, job["metadata"]["uid"])]
         seen = observe(job, pods)
         self._merge_progress(ctx, attempt)
         if seen.state == "absent":
@@ -591,10 +691,7 @@ class Reconciler:
     def _running(self, ctx: Ctx, seen: Observation, attempt: int) -> None:
         """Running or Evaluating, as rank 0 last reported; the message is its progress
         (step, loss, speed, ETA), which is what Argo CD and kstatus show."""
-        meta = ctx.meta
-        report = self.progress.get(meta.namespace, meta.name)
-        if report is None or report.attempt != attempt:
-            report = None  # nothing from this attempt yet; status.progress is older
+        report = self._report(ctx, attempt)  # None: nothing from this attempt yet
         done = progress_parts(ctx.status.get("progress") or {}) if report else []
         if report is not None and report.phase == TrainerPhase.EVALUATING:
             phase = Phase.EVALUATING
@@ -650,10 +747,20 @@ class Reconciler:
         ctx.phase(Phase.PENDING, seen.reason, seen.message, stalled=True)
         ctx.again(10.0)
 
-    def _merge_progress(self, ctx: Ctx, attempt: int) -> None:
+    def _report(self, ctx: Ctx, attempt: int) -> ProgressReport | None:
+        """This attempt's latest progress report; not one of a deleted namesake's."""
         meta = ctx.meta
         report = self.progress.get(meta.namespace, meta.name)
         if report is None or report.attempt != attempt:
+            return None
+        if report.uid and report.uid != meta.uid:
+            return None
+        return report
+
+    def _merge_progress(self, ctx: Ctx, attempt: int) -> None:
+        meta = ctx.meta
+        report = self._report(ctx, attempt)
+        if report is None:
             return
         interval = self.settings.progress_interval_seconds
         if not self.progress.due(meta.namespace, meta.name, interval):
