@@ -285,3 +285,20 @@ def test_a_new_leader_starts_from_the_status_progress(monkeypatch: pytest.Monkey
     assert after["phase"] == Phase.EVALUATING, after["message"]
     assert after["message"] == before["message"]
     assert after["progress"] == before["progress"]
+
+
+# ------------------------------------------------------------------ TTL
+def test_ttl_can_delete_only_the_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under GitOps a deleted FineTuneJob comes back from Git and trains again: with
+    ttlDeletes: children the TTL frees the Jobs and pods and keeps the FineTuneJob
+    (FakeKube.delete_job_resource raises)."""
+    w = World(monkeypatch, ttlSecondsAfterFinished=60, ttlDeletes="children")
+    w.run()
+    w.set_pods(pod("Succeeded", containerStatuses=[{"state": {"terminated": {"exitCode": 0}}}]))
+    w.job(conditions=[{"type": "Complete", "status": "True"}])
+    assert w.run()["phase"] == Phase.SUCCEEDED
+    assert ("Job", "j-a1") in w.kube.created
+    w.run(after=30)
+    assert ("Job", "j-a1") in w.kube.created, "not before the TTL"
+    st = w.run(after=31)
+    assert ("Job", "j-a1") not in w.kube.created and st["phase"] == Phase.SUCCEEDED

@@ -265,6 +265,12 @@ class Reconciler:
         left = (done + timedelta(seconds=int(ttl)) - ctx.now).total_seconds()
         if left <= 0:
             meta = ctx.body["metadata"]
+            if (ctx.body.get("spec") or {}).get("ttlDeletes") == "children":
+                # Keep the FineTuneJob (Git holds it); free what its attempts left behind.
+                for attempt in range(1, int(ctx.status.get("attempt") or 0) + 1):
+                    name = naming.workload_name(meta["name"], attempt)
+                    self.kube.delete_workload(meta["namespace"], name)
+                return
             log.info("ttlSecondsAfterFinished passed: deleting %s", meta["name"])
             self.kube.delete_job_resource(meta["namespace"], meta["name"])
             raise Stop
