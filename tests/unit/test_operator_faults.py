@@ -302,3 +302,24 @@ def test_ttl_can_delete_only_the_children(monkeypatch: pytest.MonkeyPatch) -> No
     assert ("Job", "j-a1") in w.kube.created, "not before the TTL"
     st = w.run(after=31)
     assert ("Job", "j-a1") not in w.kube.created and st["phase"] == Phase.SUCCEEDED
+
+
+def test_a_deleted_pod_still_stopping_is_waited_for_before_the_next_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Job controller fails the Job as soon as a pod is deleted; the trainer is still
+    saving its checkpoint in the grace period. No new attempt (and no restart) until the
+    pod has stopped."""
+    w = World(monkeypatch)
+    w.run()
+    stopping = pod("Running")
+    stopping["metadata"]["deletionTimestamp"] = reconcile._ts(w.now + timedelta(seconds=20))
+    stopping["metadata"]["deletionGracePeriodSeconds"] = 20
+    w.job(conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    w.set_pods(stopping)
+    st = w.run()
+    assert st["attempt"] == 1 and st["phase"] == Phase.PENDING
+    assert "waiting for it to stop" in st["message"]
+    stopping["status"] = _disrupted("deleted")["status"]  # exited after its checkpoint
+    st = w.run(after=10)
+    assert st["attempt"] == 2 and st["restarts"] == 0 and st["disruptions"] == 1

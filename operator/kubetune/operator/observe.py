@@ -271,6 +271,18 @@ def _classify(job: dict[str, Any], pods: list[dict[str, Any]], running: int) -> 
     if failure is not None:
         return failure
     failed_cond = _condition(job, "Failed") or _condition(job, "FailureTarget")
+    stopping = [p for p in pods if _disruption(p) is not None]
+    if failed_cond and stopping:
+        # The Job controller counts a deleted pod as failed at once; the pod itself is
+        # still saving a checkpoint in its grace period. The next attempt waits for it.
+        pod = stopping[0]
+        what = (_disruption(pod) or ("", "stopping", None))[1]
+        return Observation(
+            "pending",
+            "Stopping",
+            f"pod {pod['metadata']['name']} (rank {_index(pod)}) was {what};"
+            " waiting for it to stop",
+        )
     if failed_cond and not pods and failed_cond.get("reason") == "BackoffLimitExceeded":
         # Its pods are gone without a trace of failing: deleted (by hand, or with a node).
         return Observation(
