@@ -112,6 +112,11 @@ class ExitCode(IntEnum):
         return self in (ExitCode.ERROR, ExitCode.OOM, ExitCode.RETRYABLE, ExitCode.PREEMPTED)
 
 
+OOM_MARKERS = ("out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
+"""Words of a GPU allocation failure: the trainer classifies an exception by them, and the
+operator a rank's message (a rank that wrote no summary of its own)."""
+
+
 def classify_exit(code: int) -> ExitCode:
     """Maps a container exit code to its meaning; 128+signal (killed) is retryable."""
     try:

@@ -32,6 +32,7 @@ NAMESPACED_ALLOWED = [
     ("create", "persistentvolumeclaims"),
     ("get", "persistentvolumeclaims"),  # a multi-node job's output claim must be RWX
     ("create", "events"),
+    ("list", "events"),  # the Job controller's FailedCreate: pods the API server refuses
 ]
 CLUSTER_ALLOWED = [
     ("list", "nodes"),

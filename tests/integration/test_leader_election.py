@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.integration.harness import OperatorProcess, apply_job, wait_for
+from tests.fixtures.demo_volume import demo_job, write_demo_volume
+from tests.integration.harness import (
+    TRAINING_STALL,
+    OperatorProcess,
+    apply_job,
+    get_job,
+    hostpath_claim,
+    wait_for,
+)
 from tests.localcluster.cluster import LocalCluster
 from tests.localcluster.kube import raw
 
@@ -187,3 +195,45 @@ def test_a_leader_that_sees_another_holder_exits_at_once(
     print(f"leader exited {time.monotonic() - t0:.1f} s after losing the lease")
     assert "leader election lost" in log_of(leader)
     assert holder(k8s, namespace) == "intruder"  # it exited without touching the Lease
+
+
+@pytest.fixture
+def demo_claim(
+    k8s: client.ApiClient, namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    files = write_demo_volume(tmp_path_factory.mktemp("demo-volume"))
+    return hostpath_claim(k8s, namespace, "kubetune-demo", files)
+
+
+@pytest.mark.trainer
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_new_leader_keeps_the_progress_the_old_one_wrote(
+    start: Callable[..., OperatorProcess],
+    k8s: client.ApiClient,
+    namespace: str,
+    demo_claim: Path,
+) -> None:
+    """Progress reports live in the leader's memory. Here the trainer keeps posting to the
+    old leader's port (each test operator has its own), so the new leader hears nothing
+    from it at all: the status must keep what the old leader wrote (step, loss, ETA), not
+    fall back to "no progress report yet" for the rest of the run."""
+    leader = start()
+    standby = start(ready=False)
+    apply_job(k8s, namespace, demo_job("carry", training={"epochs": 24}))
+
+    def training(b: dict[str, Any]) -> bool:
+        st = b.get("status") or {}
+        return st.get("phase") == "Running" and "step " in str(st.get("message"))
+
+    before = wait_for(k8s, namespace, "carry", training, TRAINING_STALL, "live progress")
+    leader.kill()
+    wait_until(lambda: holder(k8s, namespace).startswith("op1_"), DURATION + 10, "takeover")
+    # Two reconciles of the job by the new leader (kopf's resume and a resync, 5 s).
+    wait_until(lambda: log_of(standby).count(f"reconcile {namespace}/carry") >= 2, 30, "reconciles")
+    after = get_job(k8s, namespace, "carry")["status"]
+    assert after["phase"] in ("Running", "Evaluating", "Succeeded"), after.get("message")
+    if after["phase"] != "Succeeded":
+        assert "no progress report yet" not in after["message"], after["message"]
+        assert after["message"].startswith("step "), after["message"]
+    assert (after.get("progress") or {}).get("step", 0) >= before["status"]["progress"]["step"]

@@ -57,6 +57,7 @@ NAMESPACED = {("kubetune.io", "finetunejobs", v) for v in ("get", "list", "watch
     ("", "persistentvolumeclaims", "create"),
     ("", "persistentvolumeclaims", "get"),  # multi-node: the output claim must be RWX
     ("", "events", "create"),
+    ("", "events", "list"),  # the Job controller's FailedCreate (pods refused)
 }
 CLUSTER = {
     ("", "nodes", "list"),

@@ -118,7 +118,9 @@ def test_signals_are_retryable_and_oom_is_recognised() -> None:
     killed = observe(job("Failed"), [pod(0, "Failed", **terminated(137))])
     assert killed.exit_code == ExitCode.RETRYABLE and killed.exit_code.retryable
     oom = observe(job("Failed"), [pod(0, "Failed", **terminated(137, "OOMKilled"))])
-    assert oom.exit_code == ExitCode.OOM
+    # the kernel's OOM killer: host memory, which the operator tells apart from the GPU's
+    assert oom.exit_code == ExitCode.OOM and oom.reason == "HostOutOfMemory"
+    assert "out of host memory" in oom.message
 
 
 def test_evicted_pod_is_retryable() -> None:

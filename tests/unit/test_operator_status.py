@@ -65,6 +65,7 @@ class FakeKube:
         self.pods: list[dict[str, Any]] = []
         self.events: list[tuple[str, str, str]] = []
         self.writes: list[dict[str, Any]] = []
+        self.job_events: list[dict[str, Any]] = []  # Events about the trainer Job
 
     def get_job_resource(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.body)
@@ -114,6 +115,9 @@ class FakeKube:
 
     def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
+
+    def list_events(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        return [e for e in self.job_events if e["involvedObject"]["uid"] == uid]
 
 
 class World:

@@ -7,7 +7,7 @@ Codes come from `kubetune.contract.ExitCode` (the contract wins over local copie
 
 from __future__ import annotations
 
-from kubetune.contract import ExitCode
+from kubetune.contract import OOM_MARKERS, ExitCode
 
 
 class TrainerError(Exception):
@@ -45,9 +45,6 @@ class Preempted(TrainerError):
     reason = "Preempted"
 
 
-_OOM_MARKERS = ("out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
-
-
 def classify(err: BaseException) -> tuple[ExitCode, str, str]:
     """Exit code, reason and a one-line message for any exception."""
     message = " ".join(str(err).split()) or type(err).__name__
@@ -58,7 +55,7 @@ def classify(err: BaseException) -> tuple[ExitCode, str, str]:
     if isinstance(code, int) and code == ExitCode.BAD_INPUT:
         return ExitCode.BAD_INPUT, "BadInput", message
     if isinstance(err, MemoryError) or (
-        type(err).__name__ == "OutOfMemoryError" or any(m in str(err) for m in _OOM_MARKERS)
+        type(err).__name__ == "OutOfMemoryError" or any(m in str(err) for m in OOM_MARKERS)
     ):
         return ExitCode.OOM, "OutOfMemory", f"out of memory: {message}"
     if isinstance(err, KeyboardInterrupt):

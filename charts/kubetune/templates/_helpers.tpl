@@ -124,8 +124,9 @@ operator/kubetune/operator/kube.py (its only API calls) and kopf's watches. */}}
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get]
-# Events on FineTuneJobs (kubectl describe).
+# Events on FineTuneJobs (kubectl describe); list: the Job controller's FailedCreate
+# Events on a trainer Job whose pods the API server refuses (refusals.py).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end }}

@@ -84,6 +84,11 @@ class Reason(StrEnum):
     WAITING_FOR_CAPACITY = "WaitingForCapacity"
     NO_CAPACITY = "NoCapacity"
     """Waited for capacity past the operator's grace period: Stalled, still waiting."""
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    """The Job controller cannot create pods: a ResourceQuota is full. Waits (progress)."""
+    PODS_FORBIDDEN = "PodsForbidden"
+    """The API server refuses the trainer pods for good (admission: a missing PriorityClass
+    or ServiceAccount, PodSecurity, a webhook): Failed with the API server's message."""
     VOLUME_NOT_FOUND = "VolumeNotFound"
     CONFIG_ERROR = "ConfigError"
     OUTPUT_CLAIM_NOT_SHARED = "OutputClaimNotShared"
@@ -101,6 +106,9 @@ class Reason(StrEnum):
     RESUMED = "Resumed"
     BACKOFF_BEFORE_RETRY = "BackoffBeforeRetry"
     RESTARTING = "Restarting"
+    DISRUPTED = "Disrupted"
+    """A trainer pod was evicted, preempted or deleted: relaunched without spending one of
+    maxRestarts (the trainer did not fail)."""
     # the end
     COMPLETED = "Completed"
     EVALUATION_PASSED = "EvaluationPassed"
@@ -110,6 +118,8 @@ class Reason(StrEnum):
     RETRIES_EXHAUSTED = "RetriesExhausted"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     OUT_OF_MEMORY = "OutOfMemory"
+    HOST_OUT_OF_MEMORY = "HostOutOfMemory"
+    """The kernel OOM-killed a trainer container (host memory, not GPU memory)."""
 
 
 class TrainerPhase(StrEnum):

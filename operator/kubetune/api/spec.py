@@ -738,6 +738,10 @@ class FineTuneJobSpec(ApiModel):
     """Fail the job when it has run longer than this."""
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     """Delete the job this long after it succeeds or fails (outputs are kept)."""
+    ttl_deletes: Literal["job", "children"] = "job"
+    """What ttlSecondsAfterFinished deletes: the FineTuneJob itself (and with it all it
+    owns), or only its trainer Jobs and their pods, keeping the FineTuneJob and its status
+    (for GitOps: Argo CD or Flux would re-create a deleted FineTuneJob from Git)."""
 
     model_config = with_cel(
         {

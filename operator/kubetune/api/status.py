@@ -402,7 +402,15 @@ class FineTuneJobStatus(ApiModel):
     """Rules of thumb the trainer found apply (data size, empty evaluation splits,
     tokenizer fertility, few-shot vs target); warnings also set the DataWarning condition."""
     restarts: int = 0
-    """Attempts restarted after a retryable failure."""
+    """Attempts restarted after a retryable failure (counted against spec.maxRestarts)."""
+    disruptions: int = 0
+    """Attempts relaunched after a trainer pod was evicted, preempted or deleted: not
+    failures of the trainer, so not counted in restarts."""
+    paused_seconds: int = 0
+    """Seconds since the first launch spent suspended, queued or waiting for capacity or
+    quota: spec.activeDeadlineSeconds does not count them."""
+    paused_since: str | None = None
+    """When the current such wait began (unset while the job is not waiting)."""
     attempt: int = 0
     """Current attempt number (0 before launch)."""
     start_time: str | None = None

@@ -173,6 +173,14 @@ class Kube:
         return list(_load(self.core.list_node(_preload_content=False)).get("items", []))
 
     # ------------------------------------------------------------------ events, auth
+    def list_events(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        """core/v1 Events about one object (by UID: never a deleted namesake's)."""
+        self.requests += 1
+        resp = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.uid={uid}", _preload_content=False
+        )
+        return list(_load(resp).get("items", []))
+
     def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the FineTuneJob (what `kubectl describe ftj` shows)."""
         meta = body["metadata"]

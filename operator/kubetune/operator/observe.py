@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from kubetune.contract import ExitCode, TerminationSummary, classify_exit, killed_by
+from kubetune.api.phases import Reason
+from kubetune.contract import (
+    OOM_MARKERS,
+    ExitCode,
+    TerminationSummary,
+    classify_exit,
+    killed_by,
+)
 
 State = Literal[
     "absent",  # no workload for this attempt
@@ -47,6 +54,9 @@ class Observation:
     """Since when the scheduler has failed to place the pod, or Kueue has held the Job."""
     running_pods: int = 0
     pods: int = 0
+    disrupted: bool = False
+    """A pod was evicted, preempted or deleted before any rank failed on its own: the
+    attempt is relaunched without spending one of maxRestarts."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,51 +120,135 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+DISRUPTION_REASONS = frozenset(
+    {
+        "EvictionByEvictionAPI",
+        "PreemptionByScheduler",
+        "DeletionByTaintManager",
+        "DeletionByPodGC",
+        "TerminationByKubelet",
+    }
+)
+"""The reasons of a pod's DisruptionTarget condition: something other than the trainer
+stopped the pod (an eviction, a preemption, a drained or lost node)."""
+# Causes the trainer (or the kernel) names for itself: they explain a failed attempt
+# better than anything the other ranks say while they are torn down.
+DEFINITE = frozenset({ExitCode.OOM, ExitCode.BAD_INPUT, ExitCode.NAN_LOSS})
+HOST_OOM = Reason.HOST_OUT_OF_MEMORY
+
+
+def _disruption(pod: dict[str, Any]) -> tuple[str, str, datetime | None] | None:
+    """(reason, what happened, when) for a pod that was evicted, preempted or deleted
+    rather than failed by its trainer; None for any other pod."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            what = f"{cond.get('reason')}: {cond.get('message') or 'disrupted'}"
+            return str(cond.get("reason")), what, _time(cond.get("lastTransitionTime"))
+    if status.get("reason") == "Evicted":
+        return "Evicted", f"evicted: {status.get('message', '')}", None
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        # deletionTimestamp is when the grace period ends; the delete came that much earlier.
+        end = _time(meta["deletionTimestamp"])
+        grace = int(meta.get("deletionGracePeriodSeconds") or 0)
+        when = end - timedelta(seconds=grace) if end is not None else None
+        return Reason.DISRUPTED, "deleted while running", when
+    return None
+
+
+def _finished_at(pod: dict[str, Any]) -> datetime | None:
+    return _time((terminated(pod) or {}).get("finishedAt"))
+
+
+def _is_oom(kind: ExitCode, message: str) -> bool:
+    return kind == ExitCode.OOM or (
+        kind == ExitCode.ERROR and any(m in message for m in OOM_MARKERS)
+    )
+
+
+def _pod_failure(pod: dict[str, Any]) -> Observation:
+    name = pod["metadata"]["name"]
+    term = terminated(pod) or {}
+    code = int(term.get("exitCode", 1))
+    reason = str(term.get("reason") or "Error")
+    summary = parse_summary(term.get("message"))
+    text = f"pod {name} (rank {_index(pod)}) exited {code} ({reason})"
+    if reason == "OOMKilled":
+        # The kernel's OOM killer: the container ran out of host memory (its memory limit
+        # or the node's), which a smaller GPU micro-batch does not help.
+        limit = _memory_limit(pod)
+        text += (
+            f": out of host memory (memory limit {limit})"
+            if limit
+            else ": out of host memory (no memory limit: the node ran out)"
+        )
+        return Observation("failed", HOST_OOM, text, ExitCode.OOM, summary)
+    kind = classify_exit(code)
+    msg = summary.message if summary and summary.message else term.get("message", "")
+    if _is_oom(kind, str(msg)):
+        kind = ExitCode.OOM  # a rank whose launcher wrote only the error's words
+    # Killed without a summary: the message is the log's tail, not the cause.
+    killed = killed_by(code) if summary is None else None
+    if killed:
+        text += f": {killed}"
+    elif msg:
+        text += f": {str(msg).strip().splitlines()[-1][:300]}"
+    why = summary.reason if summary and summary.reason else reason
+    if kind == ExitCode.OOM and why in ("Error", "Killed"):
+        why = "OutOfMemory"
+    return Observation("failed", why, text, kind, summary)
+
+
+def _memory_limit(pod: dict[str, Any]) -> str | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+        if limit:
+            return str(limit)
+    return None
+
+
 def _failure(pods: list[dict[str, Any]]) -> Observation | None:
-    """The most telling failed pod: one that the trainer classified, else the first."""
-    failed = []
+    """The most telling failed pod. A cause the trainer or the kernel named (out of GPU or
+    host memory, bad input, NaN loss) first, whichever rank it was on; else a disruption
+    (eviction, preemption, deletion) that came before every other rank's failure, which
+    were then its fallout; else a rank the trainer classified; else the first."""
+    failed: list[tuple[Observation, datetime | None]] = []
+    disrupted: list[tuple[Observation, datetime | None]] = []
     for pod in pods:
         status = pod.get("status") or {}
         term = terminated(pod)
-        if status.get("phase") != "Failed" and not (term and term.get("exitCode", 0) != 0):
+        cut = _disruption(pod)
+        ended = status.get("phase") == "Failed" or (term and term.get("exitCode", 0) != 0)
+        if cut is not None and (ended or status.get("reason") == "Evicted"):
+            reason, what, when = cut
+            text = f"pod {pod['metadata']['name']} (rank {_index(pod)}) was {what}".strip()
+            seen = Observation("failed", reason, text, ExitCode.RETRYABLE, disrupted=True)
+            disrupted.append((seen, when or _finished_at(pod)))
+            # What the trainer said as it stopped still counts if it names a cause.
+            if term and term.get("exitCode", 0) != 0:
+                own = _pod_failure(pod)
+                if own.exit_code in DEFINITE:
+                    failed.append((own, _finished_at(pod)))
             continue
-        if status.get("reason") == "Evicted":
-            failed.append(
-                Observation(
-                    "failed",
-                    "Evicted",
-                    f"pod {pod['metadata']['name']} was evicted: {status.get('message', '')}",
-                    ExitCode.RETRYABLE,
-                )
-            )
+        if not ended:
             continue
-        code = int((term or {}).get("exitCode", 1))
-        reason = str((term or {}).get("reason") or "Error")
-        summary = parse_summary((term or {}).get("message"))
-        kind = ExitCode.OOM if reason == "OOMKilled" else classify_exit(code)
-        msg = summary.message if summary and summary.message else (term or {}).get("message", "")
-        # Killed without a summary: the message is the log's tail, not the cause.
-        killed = killed_by(code) if summary is None else None
-        name = pod["metadata"]["name"]
-        text = f"pod {name} (rank {_index(pod)}) exited {code} ({reason})"
-        if killed:
-            text += f": {killed}"
-        elif msg:
-            text += f": {str(msg).strip().splitlines()[-1][:300]}"
-        failed.append(
-            Observation(
-                "failed",
-                summary.reason if summary and summary.reason else reason,
-                text,
-                kind,
-                summary,
-            )
-        )
+        failed.append((_pod_failure(pod), _finished_at(pod)))
+    definite = [o for o, _ in failed if o.exit_code in DEFINITE]
+    if definite:
+        return sorted(definite, key=lambda o: o.reason != HOST_OOM)[0]
+    if disrupted:
+        first = min(disrupted, key=lambda d: d[1] or datetime.min.replace(tzinfo=UTC))
+        ends = [t for _, t in failed]
+        if first[1] is None or all(t is not None and first[1] < t for t in ends):
+            return first[0]
     if not failed:
         return None
     # A rank the trainer itself classified explains more than one killed in the fallout.
-    failed.sort(key=lambda o: (o.summary is None, o.exit_code == ExitCode.RETRYABLE))
-    return failed[0]
+    ranked = sorted(
+        (o for o, _ in failed), key=lambda o: (o.summary is None, o.exit_code == ExitCode.RETRYABLE)
+    )
+    return ranked[0]
 
 
 def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Observation:
@@ -177,6 +271,27 @@ def _classify(job: dict[str, Any], pods: list[dict[str, Any]], running: int) -> 
     if failure is not None:
         return failure
     failed_cond = _condition(job, "Failed") or _condition(job, "FailureTarget")
+    stopping = [p for p in pods if _disruption(p) is not None]
+    if failed_cond and stopping:
+        # The Job controller counts a deleted pod as failed at once; the pod itself is
+        # still saving a checkpoint in its grace period. The next attempt waits for it.
+        pod = stopping[0]
+        what = (_disruption(pod) or ("", "stopping", None))[1]
+        return Observation(
+            "pending",
+            "Stopping",
+            f"pod {pod['metadata']['name']} (rank {_index(pod)}) was {what};"
+            " waiting for it to stop",
+        )
+    if failed_cond and not pods and failed_cond.get("reason") == "BackoffLimitExceeded":
+        # Its pods are gone without a trace of failing: deleted (by hand, or with a node).
+        return Observation(
+            "failed",
+            Reason.DISRUPTED,
+            "the trainer pods were deleted",
+            ExitCode.RETRYABLE,
+            disrupted=True,
+        )
     if failed_cond:
         return Observation(
             "failed",

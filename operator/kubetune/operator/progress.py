@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from kubetune import contract as c
+from kubetune.api.phases import ConditionType
 from kubetune.contract import ProgressReport
 
 from .kube import Kube
@@ -57,6 +58,21 @@ class ProgressStore:
     def forget(self, namespace: str, name: str) -> None:
         self.latest.pop((namespace, name), None)
         self.written.pop((namespace, name), None)
+
+
+def carried(status: dict[str, Any]) -> dict[str, Any] | None:
+    """status.progress when the running attempt wrote it (after its pods started running),
+    else None (an earlier attempt's). A new leader's store is empty until rank 0 reports
+    again; until then the status already holds what the old leader knew."""
+    progress = status.get("progress") or {}
+    running = next(
+        (x for x in status.get("conditions") or [] if x.get("type") == ConditionType.RUNNING), None
+    )
+    if not progress.get("updatedAt") or not running or running.get("status") != "True":
+        return None
+    since = str(running.get("lastTransitionTime") or "")
+    # Both are RFC 3339 UTC with a Z, to the second: they compare as strings.
+    return dict(progress) if str(progress["updatedAt"]) >= since else None
 
 
 class ProgressServer:

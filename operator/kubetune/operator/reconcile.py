@@ -56,11 +56,11 @@ from kubetune.planner import (
 )
 from kubetune.planner.architecture import from_spec, rough_arch
 
-from . import manifests, metrics, naming, previous
+from . import activetime, manifests, metrics, naming, previous, refusals
 from .conditions import get_condition, is_true, observed, set_condition, with_kstatus
 from .kube import Kube
 from .observe import Observation, observe, parse_summary, terminated
-from .progress import ProgressStore
+from .progress import ProgressStore, carried
 from .settings import Settings
 from .statusdiff import merge_patch
 
@@ -85,6 +85,10 @@ RECOMPUTED_ON_SPEC_CHANGE = frozenset(
         ConditionType.EVALUATION_PASSED,
         ConditionType.DATA_WARNING,
     }
+)
+HOST_OOM_ADVICE = (
+    "the trainer ran out of host (CPU) memory, not GPU memory: raise spec.resources.memory"
+    " (the data loader, tokenisation and checkpoint saving use host memory)"
 )
 
 
@@ -192,6 +196,7 @@ class Reconciler:
             pass
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - start)
+        activetime.account(ctx.status, ctx.now)
         self._write(ctx)
         phase = ctx.status.get("phase")
         self._count(namespace, name, phase)
@@ -290,6 +295,12 @@ class Reconciler:
         left = (done + timedelta(seconds=int(ttl)) - ctx.now).total_seconds()
         if left <= 0:
             meta = ctx.body["metadata"]
+            if (ctx.body.get("spec") or {}).get("ttlDeletes") == "children":
+                # Keep the FineTuneJob (Git holds it); free what its attempts left behind.
+                for attempt in range(1, int(ctx.status.get("attempt") or 0) + 1):
+                    name = naming.workload_name(meta["name"], attempt)
+                    self.kube.delete_workload(meta["namespace"], name)
+                return
             log.info("ttlSecondsAfterFinished passed: deleting %s", meta["name"])
             self.kube.delete_job_resource(meta["namespace"], meta["name"])
             raise Stop
@@ -639,6 +650,8 @@ class Reconciler:
             self._launch(ctx, spec, attempt)
         elif seen.state == "queued":
             self._waiting_for_capacity(ctx, seen, Phase.QUEUED)
+        elif seen.state == "pending" and self._refused(ctx, seen, job, wl_name):
+            pass
         elif seen.state == "pending":
             ctx.condition(ConditionType.RUNNING, False, Reason.PODS_PENDING, seen.message)
             ctx.phase(Phase.PENDING, Reason.PODS_PENDING, seen.message)
@@ -653,6 +666,37 @@ class Reconciler:
             self._succeeded(ctx, seen)
         else:
             self._failed(ctx, spec, seen, wl_name, attempt)
+
+    def _refused(
+        self, ctx: Ctx, seen: Observation, job: dict[str, Any] | None, wl_name: str
+    ) -> bool:
+        """Pods the API server will not create (refusals.py): Failed with its words when
+        waiting cannot help, a wait for capacity while a ResourceQuota is full. False when
+        every pod was created (or nothing refused them)."""
+        spec_ = (job or {}).get("spec") or {}
+        uid = ((job or {}).get("metadata") or {}).get("uid")
+        if not uid or seen.pods >= int(spec_.get("parallelism") or 1):
+            return False
+        found = refusals.refusal(self.kube.list_events(ctx.meta.namespace, uid))
+        if found is None:
+            return False
+        if found.kind == "permanent":
+            self.kube.delete_workload(ctx.meta.namespace, wl_name, grace_seconds=0)
+            self._fail(
+                ctx, Reason.PODS_FORBIDDEN, f"cannot create the trainer pods: {found.message}"
+            )
+        if found.kind == "quota":
+            why = Observation(
+                "stuck", Reason.QUOTA_EXCEEDED, found.message, stuck_since=found.since
+            )
+            self._waiting_for_capacity(ctx, why, Phase.PENDING)
+            ctx.again(10.0)  # a freed quota sends no event here: look again
+            return True
+        msg = f"{seen.message}; creating them failed: {found.message}"
+        ctx.condition(ConditionType.RUNNING, False, Reason.PODS_PENDING, msg)
+        ctx.phase(Phase.PENDING, Reason.PODS_PENDING, msg)
+        ctx.again(10.0)
+        return True
 
     def _suspend(self, ctx: Ctx, wl_name: str) -> None:
         meta = ctx.meta
@@ -672,10 +716,11 @@ class Reconciler:
     def _deadline(self, ctx: Ctx, spec: FineTuneJobSpec, wl_name: str) -> None:
         if spec.active_deadline_seconds is None:
             return
-        start = _parse_ts(ctx.status.get("startTime"))
-        if start is None:
+        active = activetime.active_seconds(ctx.status, ctx.now)
+        if active is None:
             return
-        left = (start + timedelta(seconds=spec.active_deadline_seconds) - ctx.now).total_seconds()
+        # Suspended, queued and capacity waits do not count (activetime.py).
+        left = spec.active_deadline_seconds - active
         if left > 0:
             ctx.again(left)
             return
@@ -692,8 +737,13 @@ class Reconciler:
         """Running or Evaluating, as rank 0 last reported; the message is its progress
         (step, loss, speed, ETA), which is what Argo CD and kstatus show."""
         report = self._report(ctx, attempt)  # None: nothing from this attempt yet
-        done = progress_parts(ctx.status.get("progress") or {}) if report else []
-        if report is not None and report.phase == TrainerPhase.EVALUATING:
+        # After a failover: what the previous leader wrote for this attempt, not a blank.
+        kept = carried(ctx.status) if report is None else None
+        done = progress_parts(ctx.status.get("progress") or {}) if report or kept else []
+        evaluating = report is not None and report.phase == TrainerPhase.EVALUATING
+        if kept is not None:
+            evaluating = ctx.status.get("phase") == Phase.EVALUATING
+        if evaluating:
             phase = Phase.EVALUATING
             msg = "evaluating the tuned model" + (f" after {done[0]}" if done else "")
         else:
@@ -720,7 +770,10 @@ class Reconciler:
             msg = f"no capacity after {duration_text(grace)} (capacityGraceSeconds): {seen.message}"
         else:
             reason = Reason.QUEUED if phase == Phase.QUEUED else Reason.WAITING_FOR_CAPACITY
-            msg = f"waiting for capacity since {_ts(since)}: {seen.message}"
+            if seen.reason == Reason.QUOTA_EXCEEDED:
+                reason = Reason.QUOTA_EXCEEDED
+            what = "quota" if reason == Reason.QUOTA_EXCEEDED else "capacity"
+            msg = f"waiting for {what} since {_ts(since)}: {seen.message}"
             if grace > 0:
                 ctx.again(grace - waited)
         ctx.condition(ConditionType.RUNNING, False, reason, msg)
@@ -798,6 +851,14 @@ class Reconciler:
             _data_warning(ctx)  # a failed run's data warnings explain it too
         # Stop every other rank of this attempt now: no rank is left hanging in NCCL.
         self.kube.delete_workload(ctx.meta.namespace, wl_name, grace_seconds=0)
+        if seen.reason == Reason.HOST_OUT_OF_MEMORY:
+            # Host memory, not the GPU's: the same plan needs a larger memory limit.
+            self._fail(ctx, Reason.HOST_OUT_OF_MEMORY, f"{seen.message}; {HOST_OOM_ADVICE}")
+        if seen.disrupted:
+            # Evicted, preempted or deleted: not the trainer's failure, not a restart.
+            ctx.condition(ConditionType.RESTARTING, True, Reason.DISRUPTED, seen.message)
+            self._retry(ctx, spec, attempt)
+            return
         if not code.retryable:
             self._fail(ctx, seen.reason or code.name, seen.message)
         restarts = int(st.get("restarts") or 0)
@@ -823,7 +884,10 @@ class Reconciler:
         cond = self._pending_retry(ctx, attempt) or {}
         message = str(cond.get("message", ""))
         restarts = int(st.get("restarts") or 0)
+        disrupted = cond.get("reason") == Reason.DISRUPTED
         backoff = min(MAX_BACKOFF, self.settings.retry_backoff_seconds * math.pow(2, restarts))
+        if disrupted:
+            backoff = 0.0  # nothing failed: relaunch at once (the scheduler places it)
         since = _parse_ts(cond.get("lastTransitionTime")) or ctx.now
         left = (since + timedelta(seconds=backoff) - ctx.now).total_seconds()
         if left > 0:
@@ -837,15 +901,24 @@ class Reconciler:
             return
         if cond.get("reason") == ExitCode.OOM.name:
             self._replan_after_oom(ctx, spec, message)
-        st["restarts"] = restarts + 1
-        metrics.RESTARTS.inc()
         ckpt = (st.get("checkpoints") or {}).get("latestStep")
         where = f"from the checkpoint at step {ckpt}" if ckpt else "from the latest checkpoint"
-        ctx.event(
-            "Warning",
-            Reason.RESTARTING,
-            f"attempt {attempt} failed ({message}); attempt {attempt + 1} resumes {where}",
-        )
+        if disrupted:
+            st["disruptions"] = int(st.get("disruptions") or 0) + 1
+            ctx.event(
+                "Warning",
+                Reason.DISRUPTED,
+                f"attempt {attempt} stopped ({message}); attempt {attempt + 1} resumes {where}"
+                " (not counted in maxRestarts)",
+            )
+        else:
+            st["restarts"] = restarts + 1
+            metrics.RESTARTS.inc()
+            ctx.event(
+                "Warning",
+                Reason.RESTARTING,
+                f"attempt {attempt} failed ({message}); attempt {attempt + 1} resumes {where}",
+            )
         self._launch(ctx, spec, attempt + 1)
 
     def _replan_after_oom(self, ctx: Ctx, spec: FineTuneJobSpec, message: str) -> None:
