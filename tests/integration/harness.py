@@ -105,10 +105,14 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def crd(local_cluster: LocalCluster) -> None:
+    install_crd(local_cluster)
+
+
+def install_crd(cluster: LocalCluster) -> None:
     """The generated CRD, installed and Established (polled: `kubectl wait` fails at once
     while the CRD has no conditions yet)."""
-    local_cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds/finetunejob.yaml"))
-    ext = client.ApiextensionsV1Api(local_cluster.api_client())
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds/finetunejob.yaml"))
+    ext = client.ApiextensionsV1Api(cluster.api_client())
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         crd = raw(ext.read_custom_resource_definition, "finetunejobs.kubetune.io")
