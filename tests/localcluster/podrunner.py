@@ -1053,7 +1053,13 @@ class PodWorker(threading.Thread):
                 )
             except Exception as e:
                 if not is_status(e, 404):
-                    log.warning("status of %s: %s", self.name, e)
+                    # As a kubelet's status manager does, send it again until the API server
+                    # takes it: a pod whose exit is never reported would leave its Job
+                    # running forever after an API server restart (the chaos test).
+                    log.warning("status of %s: %s; retrying in 1 s", self.name, e)
+                    retry = threading.Timer(1.0, self._report)
+                    retry.daemon = True
+                    retry.start()
 
     def _init_pending(self) -> bool:
         return any(
