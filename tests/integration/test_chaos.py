@@ -22,8 +22,8 @@ from tests.localcluster.cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.trainer, pytest.mark.slow]
 NAMESPACE = "default"
-SHORT = Scenario(jobs=2, epochs=3, faults=5)
-LONG = Scenario(jobs=4, epochs=6, faults=16, pause=(3.0, 20.0))
+SHORT = Scenario(jobs=2, epochs=4, faults=5)
+LONG = Scenario(jobs=4, epochs=10, faults=16, pause=(3.0, 15.0))
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def chaos_cluster() -> Iterator[LocalCluster]:
 
 
 def run_chaos(cluster: LocalCluster, tmp_path: Path, scenario: Scenario) -> None:
-    files = write_demo_volume(tmp_path / "demo-volume")
+    files = write_demo_volume(tmp_path / "demo-volume", rows=200)
     api = cluster.api_client()
     claim = hostpath_claim(api, NAMESPACE, CLAIM, files)
     env = {"KUBETUNE_NAMESPACES": NAMESPACE}
