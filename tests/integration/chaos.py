@@ -553,9 +553,8 @@ class Chaos:
         except Stalled:
             return [f"orphans (issue 16 §1): children of deleted FineTuneJobs remain: {left}"]
         finally:
-            self._note(
-                f"garbage collection settled in {time.monotonic() - t0:.0f} s; left at first: {first}"
-            )
+            took = time.monotonic() - t0
+            self._note(f"garbage collection settled in {took:.0f} s; left at first: {first}")
         return []
 
     def _checkpoints_used(self) -> list[str]:
