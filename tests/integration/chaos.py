@@ -399,6 +399,8 @@ class Chaos:
                 ):
                     continue
                 choices.append((inc, pod))
+        if kind == "recreate":  # keep the kills and deletions that landed countable
+            choices = [(i, p) for i, p in choices if not i.landed.total()] or choices
         if not choices:
             return None
         return choices[self.rng.randrange(len(choices))]
