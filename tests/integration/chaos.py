@@ -67,6 +67,8 @@ BAD_FILE = "data/chaos-bad.jsonl"
 FINAL = ("Succeeded", "Failed")
 RESUMING = re.compile(r"resuming from (\S+) \(step (\d+)\)")
 SEED_ENV = "KUBETUNE_CHAOS_SEED"
+OPERATOR_START = 300.0
+"""Seconds a restarted operator may take to open its port: the jobs wait for it anyway."""
 
 
 def seed_from_env() -> int:
@@ -426,7 +428,8 @@ class Chaos:
         self.operator.kill()
         down = self.rng.uniform(*self.scenario.operator_down)
         time.sleep(down)
-        self.operator.start()
+        # Importing the operator took over 30 s here at a load average of 23 on 2 cores.
+        self.operator.start(timeout=OPERATOR_START)
         self._note(f"operator SIGKILLed, restarted after {down:.1f} s")
 
     def _apiserver_restart(self, _: str) -> None:

@@ -66,9 +66,10 @@ class OperatorProcess:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready: bool = True) -> OperatorProcess:
+    def start(self, ready: bool = True, timeout: float = 30) -> OperatorProcess:
         """Returns once the progress port is open (the operator runs kopf), or with
-        `ready=False` once the health port is (a leader-election standby opens only that)."""
+        `ready=False` once the health port is (a leader-election standby opens only that);
+        fails after `timeout` seconds."""
         fh = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kubetune.operator"],
@@ -78,7 +79,7 @@ class OperatorProcess:
             cwd=ROOT,
         )
         port = self.port if ready else self.health_port
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
