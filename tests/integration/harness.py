@@ -66,9 +66,10 @@ class OperatorProcess:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready: bool = True) -> OperatorProcess:
+    def start(self, ready: bool = True, timeout: float = 30) -> OperatorProcess:
         """Returns once the progress port is open (the operator runs kopf), or with
-        `ready=False` once the health port is (a leader-election standby opens only that)."""
+        `ready=False` once the health port is (a leader-election standby opens only that);
+        fails after `timeout` seconds."""
         fh = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kubetune.operator"],
@@ -78,7 +79,7 @@ class OperatorProcess:
             cwd=ROOT,
         )
         port = self.port if ready else self.health_port
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -105,10 +106,14 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def crd(local_cluster: LocalCluster) -> None:
+    install_crd(local_cluster)
+
+
+def install_crd(cluster: LocalCluster) -> None:
     """The generated CRD, installed and Established (polled: `kubectl wait` fails at once
     while the CRD has no conditions yet)."""
-    local_cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds/finetunejob.yaml"))
-    ext = client.ApiextensionsV1Api(local_cluster.api_client())
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds/finetunejob.yaml"))
+    ext = client.ApiextensionsV1Api(cluster.api_client())
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         crd = raw(ext.read_custom_resource_definition, "finetunejobs.kubetune.io")

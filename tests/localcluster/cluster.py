@@ -150,6 +150,8 @@ class LocalCluster:
         self.audit = audit
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.pids: dict[str, int] = {}
+        self.argv: dict[str, list[str]] = {}
+        self._ready_ctx: ssl.SSLContext | None = None
         self.bin_dir = Path()
         self.startup_seconds = 0.0
         self.apiserver_port = 0
@@ -292,6 +294,7 @@ class LocalCluster:
         )
         ctx = ssl.create_default_context(cafile=str(pki.ca_crt))
         ctx.load_cert_chain(*map(str, pki.pair("admin")))
+        self._ready_ctx = ctx
         self._wait(
             "kube-apiserver", lambda: self._http_ok(f"{self.server}/readyz", ctx), START_TIMEOUT
         )
@@ -362,6 +365,30 @@ class LocalCluster:
         finally:
             api.close()
 
+    def restart_apiserver(self, down: float = 0.0) -> float:
+        """SIGKILL kube-apiserver (as a crashed control-plane host), keep it down `down`
+        seconds, start it again with the same flags and port, and return once /readyz
+        answers; returns the seconds it was unreachable. etcd keeps the state, and every
+        client (controllers, the pod runner, the operator) must reconnect on its own: the
+        chaos test (tests/integration/chaos.py) checks that they do."""
+        argv, ctx = self.argv.get("kube-apiserver"), self._ready_ctx
+        if argv is None or ctx is None:
+            raise RuntimeError("restart_apiserver needs a cluster started by this process")
+        t0 = time.monotonic()
+        proc = self.procs["kube-apiserver"]
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(down)
+        self._spawn("kube-apiserver", argv)
+        self._save_state()
+        self._wait(
+            "kube-apiserver (restarted)",
+            lambda: self._http_ok(f"{self.server}/readyz", ctx),
+            START_TIMEOUT,
+        )
+        return time.monotonic() - t0
+
     def _component_auth(self, name: str) -> list[str]:
         kc = self.dir / f"{name}.kubeconfig"
         return [
@@ -427,6 +454,7 @@ class LocalCluster:
         )
         self.procs[name] = p
         self.pids[name] = p.pid
+        self.argv[name] = argv
 
     def _wait(self, what: str, ok: Callable[[], bool], timeout: float) -> None:
         wait_until(

@@ -309,8 +309,13 @@ class PodRunner:
         try:
             raw(self.core.delete_namespaced_pod, md["name"], md["namespace"], body=body)
         except Exception as e:
-            if not is_status(e, 404, 409):
-                log.warning("deleting %s/%s: %s", md["namespace"], md["name"], e)
+            if not is_status(e, 404, 409) and not self._stop.is_set():
+                # Again until the API server takes it (it may be restarting): a pod left
+                # terminating forever would hold its Job, and its FineTuneJob, for good.
+                log.warning("deleting %s/%s: %s; retrying in 1 s", md["namespace"], md["name"], e)
+                retry = threading.Timer(1.0, self._force_delete, args=(pod,))
+                retry.daemon = True
+                retry.start()
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop watching and kill every pod process (used when the cluster goes down)."""
@@ -1053,7 +1058,13 @@ class PodWorker(threading.Thread):
                 )
             except Exception as e:
                 if not is_status(e, 404):
-                    log.warning("status of %s: %s", self.name, e)
+                    # As a kubelet's status manager does, send it again until the API server
+                    # takes it: a pod whose exit is never reported would leave its Job
+                    # running forever after an API server restart (the chaos test).
+                    log.warning("status of %s: %s; retrying in 1 s", self.name, e)
+                    retry = threading.Timer(1.0, self._report)
+                    retry.daemon = True
+                    retry.start()
 
     def _init_pending(self) -> bool:
         return any(
