@@ -7,6 +7,9 @@ keeps a count per (client, verb, resource), written as JSON to that file every 0
 at exit. Without the variable it does nothing. Not product code: the operator's own
 `Kube.requests` counter is not exported, and the apiserver's metrics do not tell clients
 apart.
+
+With KUBETUNE_BENCH_PROFILE set it also starts the sampling profiler (bench_sampler.py), which
+writes collapsed stacks of every thread to that file.
 """
 
 from __future__ import annotations
@@ -101,3 +104,7 @@ def _install() -> None:
 
 if _PATH:
     _install()
+if os.environ.get("KUBETUNE_BENCH_PROFILE"):
+    import bench_sampler
+
+    bench_sampler.start(os.environ["KUBETUNE_BENCH_PROFILE"])
