@@ -330,7 +330,8 @@ def top_functions(collapsed: str, n: int = 20) -> str:
         for fn in set(frames):
             total[fn] += k
     rows = ["| # | function (module:qualname) | total % | self % |", "|---|---|---|---|"]
-    for i, (fn, k) in enumerate(total.most_common(n), 1):
+    ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    for i, (fn, k) in enumerate(ranked, 1):
         rows.append(f"| {i} | `{fn}` | {100 * k / busy:.1f} | {100 * own[fn] / busy:.1f} |")
     return "\n".join([*rows, f"({busy} busy samples at 100 Hz over all threads)"])
 
