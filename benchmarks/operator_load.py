@@ -298,11 +298,13 @@ def ref_job_body(i: int) -> dict[str, Any]:
     }
 
 
-# Leaves where a thread waits for work rather than doing it (the profile leaves them out).
+# Leaves where a thread waits for work rather than doing it (the profile leaves them out):
+# `thread:_worker` is an idle pool thread (its queue's get is C, with no frame of its own).
 IDLE_LEAVES = (
     "threading:Condition.wait",
     "threading:Event.wait",
     "queue:Queue.get",
+    "thread:_worker",
     "selectors:EpollSelector.select",
     "selectors:PollSelector.select",
     "bench_sampler:",
@@ -311,29 +313,38 @@ IDLE_LEAVES = (
 )
 
 
-def top_functions(collapsed: str, n: int = 20) -> str:
-    """A markdown table of the `n` functions with the most busy samples (inclusive), with
-    their self samples, from the sampler's collapsed stacks; idle waits are left out."""
+def top_functions(collapsed: str, n: int = 20, by: str = "self") -> str:
+    """A markdown table of the `n` functions with the most busy samples, `by` self (the
+    frame on top: where the time goes) or total (inclusive), from the sampler's collapsed
+    stacks, idle waits left out; then the busy samples by thread (pool)."""
     total: Counter[str] = Counter()
     own: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
     busy = 0
     for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = stack.split(";")[1:]
+        thread, *frames = stack.split(";")
         if not frames or frames[-1].startswith(IDLE_LEAVES):
             continue
         k = int(count)
         busy += k
+        threads[thread] += k
         own[frames[-1]] += k
         for fn in set(frames):
             total[fn] += k
-    rows = ["| # | function (module:qualname) | total % | self % |", "|---|---|---|---|"]
-    ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-    for i, (fn, k) in enumerate(ranked, 1):
-        rows.append(f"| {i} | `{fn}` | {100 * k / busy:.1f} | {100 * own[fn] / busy:.1f} |")
-    return "\n".join([*rows, f"({busy} busy samples at 100 Hz over all threads)"])
+    rank = own if by == "self" else total
+    rows = ["| # | function (module:qualname) | self % | total % |", "|---|---|---|---|"]
+    ranked = sorted(rank.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    for i, (fn, _) in enumerate(ranked, 1):
+        rows.append(
+            f"| {i} | `{fn}` | {100 * own[fn] / max(1, busy):.1f}"
+            f" | {100 * total[fn] / max(1, busy):.1f} |"
+        )
+    by_thread = ", ".join(f"{t} {100 * k / max(1, busy):.0f}%" for t, k in threads.most_common())
+    rows.append(f"({busy} busy samples at 100 Hz; by thread: {by_thread})")
+    return "\n".join(rows)
 
 
 def new_client(kubeconfig: Path, pool: int = 16) -> client.ApiClient:

@@ -20,13 +20,17 @@ def test_top_functions_counts_busy_samples_inclusive_and_self() -> None:
             "garbage line",
         ]
     )
-    table = top_functions(collapsed, 3)
-    lines = table.splitlines()
+    lines = top_functions(collapsed, 3, by="total").splitlines()
     # Ties by name.
-    assert lines[2] == "| 1 | `reconcile:Reconciler.reconcile` | 100.0 | 25.0 |"
-    assert lines[3] == "| 2 | `threading:Thread.run` | 100.0 | 0.0 |"
+    assert lines[2] == "| 1 | `reconcile:Reconciler.reconcile` | 25.0 | 100.0 |"
+    assert lines[3] == "| 2 | `threading:Thread.run` | 0.0 | 100.0 |"
     assert lines[4] == "| 3 | `kube:Kube.create` | 75.0 | 75.0 |"
-    assert "(40 busy samples" in lines[-1]
+    assert lines[-1] == "(40 busy samples at 100 Hz; by thread: reconcile 100%)"
+    by_self = top_functions(collapsed, 2).splitlines()
+    assert by_self[2:4] == [
+        "| 1 | `kube:Kube.create` | 75.0 | 75.0 |",
+        "| 2 | `reconcile:Reconciler.reconcile` | 25.0 | 100.0 |",
+    ]
 
 
 def test_sampler_writes_collapsed_stacks_of_other_threads(tmp_path: Path) -> None:
