@@ -144,6 +144,8 @@ class Result:
     window_seconds: float = 0.0
     requests_at_launch: Counter[str] = field(default_factory=Counter)
     requests_total: Counter[str] = field(default_factory=Counter)
+    seconds_at_launch: Counter[str] = field(default_factory=Counter)
+    """The operator's wait for the apiserver's answers, by request key, up to the launch."""
     apiserver_delta: Counter[str] = field(default_factory=Counter)
     rss_idle_mib: float = 0.0
     rss_peak_mib: float = 0.0
@@ -237,6 +239,11 @@ class Result:
         lines.append("operator requests by verb and resource (whole window; per job):")
         for key, n in sorted(self.requests_total.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {n:6d}  {n / self.jobs:6.2f}  {key}")
+        lines.append("operator requests up to the last Job created: count, mean round trip:")
+        for key, n in sorted(self.requests_at_launch.items(), key=lambda kv: -kv[1]):
+            if key in self.seconds_at_launch:
+                ms = 1000 * self.seconds_at_launch[key] / n
+                lines.append(f"  {n:6d}  {ms:7.0f} ms  {key}")
         lines.append("apiserver_request_total delta, all clients (per job):")
         for key, n in sorted(self.apiserver_delta.items(), key=lambda kv: -kv[1])[:20]:
             lines.append(f"  {n:6d}  {n / self.jobs:6.2f}  {key}")
@@ -382,9 +389,10 @@ def operator_metrics(port: int) -> dict[str, float]:
     return out
 
 
-def read_counts(path: Path) -> Counter[str]:
+def read_counts(path: Path, what: str = "counts") -> Counter[str]:
+    """The hook's request counts (or, `what="seconds"`, round-trip seconds) by key."""
     try:
-        return Counter(json.loads(path.read_text())["counts"])
+        return Counter(json.loads(path.read_text())[what])
     except (OSError, ValueError, KeyError):
         return Counter()
 
@@ -583,6 +591,7 @@ def run(
         sampler = RssSampler(pid)
         sampler.start()
         counts_before = read_counts(counts_file)
+        seconds_before = read_counts(counts_file, "seconds")
         api_before = apiserver_requests(cluster)
         metrics_before = operator_metrics(operator.port)
         cpu_before = cpu_seconds(pid)
@@ -633,6 +642,7 @@ def run(
         ):
             time.sleep(0.2)
         result.requests_at_launch = read_counts(counts_file) - counts_before
+        result.seconds_at_launch = read_counts(counts_file, "seconds") - seconds_before
         created_at = time.time()
         log(
             f"{len(watcher.jobs_seen)}/{jobs} trainer Jobs after {created_at - t0:.1f} s;"
