@@ -73,8 +73,9 @@ def _api_client(pool: int | None = None) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
-async def schedule(namespace: str, name: str) -> None:
-    """Reconciles a job, coalescing bursts: one run at a time per job, one more if dirty."""
+async def schedule(namespace: str, name: str, seen: dict[str, Any] | None = None) -> None:
+    """Reconciles a job, coalescing bursts: one run at a time per job, one more if dirty.
+    `seen`: the job as its watch event delivered it (see Reconciler.reconcile)."""
     rt = RUNTIME
     if rt is None:
         return
@@ -91,7 +92,7 @@ async def schedule(namespace: str, name: str) -> None:
             try:
                 loop = asyncio.get_running_loop()
                 requeue = await loop.run_in_executor(
-                    _lane(rt, key), rt.reconciler.reconcile, namespace, name
+                    _lane(rt, key), rt.reconciler.reconcile, namespace, name, seen
                 )
             except ApiException as exc:
                 metrics.API_ERRORS.inc()
@@ -110,6 +111,7 @@ async def schedule(namespace: str, name: str) -> None:
                 requeue = 10.0
             if key not in rt.dirty:
                 break
+            seen = None  # what changed since is read from the API
         _requeue(rt, key, requeue)
 
 
@@ -160,9 +162,13 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.label_selectors["batch", "v1", "jobs"] = c.LABEL_JOB
     settings.watching.label_selectors["", "v1", "pods"] = c.LABEL_JOB
     ours = Settings.from_env()
-    # Both lanes' threads, the events thread and the progress endpoint's TokenReviews.
+    # The launch lane has the full size; the other, for jobs launched already, half: in a
+    # burst the apiserver is the bottleneck, and launches should get most of its answers.
+    # Each thread wants a connection: both lanes', the launches' create threads (up to 3
+    # per launch), the events thread and the progress endpoint's TokenReviews.
     threads = ours.max_concurrent_launches
-    kube = Kube(_api_client(pool=2 * threads + 4), background_events=True)
+    others = max(2, threads // 2)
+    kube = Kube(_api_client(pool=4 * threads + others + 4), background_events=True)
     store = ProgressStore()
     server = ProgressServer(kube, store, on_report=wake)
     server.app.router.add_get("/metrics", _metrics)
@@ -171,7 +177,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings=ours,
         reconciler=Reconciler(kube, ours, store),
         server=server,
-        executor=ThreadPoolExecutor(threads, "reconcile"),
+        executor=ThreadPoolExecutor(others, "reconcile"),
         launches=ThreadPoolExecutor(threads, "launch"),
     )
 
@@ -196,7 +202,9 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_finetunejob(type: str, namespace: str | None, name: str, **_: Any) -> None:
+async def on_finetunejob(
+    type: str, namespace: str | None, name: str, event: Mapping[str, Any], **_: Any
+) -> None:
     if namespace is None:
         return
     if type == "DELETED":
@@ -204,7 +212,7 @@ async def on_finetunejob(type: str, namespace: str | None, name: str, **_: Any) 
             _requeue(RUNTIME, (namespace, name), None)
             RUNTIME.reconciler.progress.forget(namespace, name)
         return
-    await schedule(namespace, name)
+    await schedule(namespace, name, event.get("object"))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_JOB: kopf.PRESENT})
