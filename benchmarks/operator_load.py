@@ -687,8 +687,7 @@ def run(
                 result.reference_creation_lag.append((_parse(pod_ts) - _parse(ts)).total_seconds())
         if seen:
             result.all_created_after = max(t for t, _ in seen.values()) - t0
-        final: Any = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)
-        for item in final["items"]:
+        for item in _list_all(custom):
             st = item.get("status") or {}
             phase = str(st.get("phase") or "-")
             result.phases[phase] += 1
@@ -711,6 +710,28 @@ def run(
         cluster.stop()
         shutil.rmtree(bindir, ignore_errors=True)
         log(f"operator log and request counts in {work}")
+
+
+def _list_all(custom: client.CustomObjectsApi) -> list[dict[str, Any]]:
+    """Every FineTuneJob, 100 a page, each page retried: a single 1,000-item list (5 MB)
+    was cut off mid-answer by the loaded apiserver."""
+    items: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        for attempt in range(5):
+            try:
+                page: Any = custom.list_namespaced_custom_object(
+                    GROUP, VERSION, NAMESPACE, PLURAL, limit=100, _continue=token
+                )
+                break
+            except Exception:
+                if attempt == 4:
+                    raise
+                time.sleep(2)
+        items += page["items"]
+        token = page["metadata"].get("continue")
+        if not token:
+            return items
 
 
 def _parse(ts: str) -> dt.datetime:
