@@ -637,12 +637,13 @@ def run(
 
         # ---- wait for every trainer Job, then let the scheduled ones finish
         deadline = time.monotonic() + create_timeout
-        while time.monotonic() < deadline and (
-            len(watcher.jobs_seen) < jobs or len(watcher.ref_pods_seen) < jobs
-        ):
+        while len(watcher.jobs_seen) < jobs and time.monotonic() < deadline:
             time.sleep(0.2)
+        # Counted when the last trainer Job exists, whether or not the reference is done.
         result.requests_at_launch = read_counts(counts_file) - counts_before
         result.seconds_at_launch = read_counts(counts_file, "seconds") - seconds_before
+        while len(watcher.ref_pods_seen) < jobs and time.monotonic() < deadline:
+            time.sleep(0.2)
         created_at = time.time()
         log(
             f"{len(watcher.jobs_seen)}/{jobs} trainer Jobs after {created_at - t0:.1f} s;"
