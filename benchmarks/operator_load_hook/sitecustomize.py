@@ -3,10 +3,13 @@
 The benchmark puts this directory on the operator's PYTHONPATH and sets
 KUBETUNE_BENCH_REQUEST_LOG; Python then imports this module at start-up. It wraps
 urllib3 (the `kubernetes` client the reconciler uses) and aiohttp (kopf's watches) and
-keeps a count per (client, verb, resource), written as JSON to that file every 0.25 s and
-at exit. Without the variable it does nothing. Not product code: the operator's own
-`Kube.requests` counter is not exported, and the apiserver's metrics do not tell clients
-apart.
+keeps a count (and, for urllib3, the round-trip seconds) per (client, verb, resource),
+written as JSON to that file every 0.25 s and at exit. Without the variable it does
+nothing. Not product code: the operator's own `Kube.requests` counter is not exported,
+and the apiserver's metrics do not tell clients apart.
+
+With KUBETUNE_BENCH_PROFILE set it also starts the sampling profiler (bench_sampler.py), which
+writes collapsed stacks of every thread to that file.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from urllib.parse import parse_qs, urlsplit
 
 _PATH = os.environ.get("KUBETUNE_BENCH_REQUEST_LOG", "")
 _COUNTS: Counter[str] = Counter()
+_SECONDS: dict[str, float] = {}
+"""Wall time per key in urllib3's urlopen: the request's round trip (to the response
+headers), which is how long a reconcile thread waits for the apiserver."""
 _LOCK = threading.Lock()
 
 
@@ -47,17 +53,19 @@ def resource_of(url: str) -> tuple[str, bool]:
     return (resource, watch)
 
 
-def _count(client: str, method: str, url: str, params: Any = None) -> None:
+def _count(client: str, method: str, url: str, params: Any = None) -> str:
     resource, watch = resource_of(url)
     watch = watch or str((params or {}).get("watch", "")).lower() in ("true", "1")
     verb = "WATCH" if watch else method.upper()
+    key = f"{client} {verb} {resource}"
     with _LOCK:
-        _COUNTS[f"{client} {verb} {resource}"] += 1
+        _COUNTS[key] += 1
+    return key
 
 
 def _dump() -> None:
     with _LOCK:
-        data = {"time": time.time(), "counts": dict(_COUNTS)}
+        data = {"time": time.time(), "counts": dict(_COUNTS), "seconds": dict(_SECONDS)}
     tmp = f"{_PATH}.tmp"
     with open(tmp, "w") as fh:
         json.dump(data, fh)
@@ -78,8 +86,13 @@ def _install() -> None:
     orig_urlopen = pool.urlopen
 
     def urlopen(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        _count("urllib3", method, url)
-        return orig_urlopen(self, method, url, *args, **kwargs)
+        key = _count("urllib3", method, url)
+        start = time.monotonic()
+        try:
+            return orig_urlopen(self, method, url, *args, **kwargs)
+        finally:
+            with _LOCK:
+                _SECONDS[key] = _SECONDS.get(key, 0.0) + time.monotonic() - start
 
     pool.urlopen = urlopen  # type: ignore[method-assign]
     atexit.register(_dump)
@@ -101,3 +114,7 @@ def _install() -> None:
 
 if _PATH:
     _install()
+if os.environ.get("KUBETUNE_BENCH_PROFILE"):
+    import bench_sampler
+
+    bench_sampler.start(os.environ["KUBETUNE_BENCH_PROFILE"])

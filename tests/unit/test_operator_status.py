@@ -479,3 +479,31 @@ def test_progress_reports_of_a_deleted_namesake_are_ignored(
     w.progress.put(ProgressReport.model_validate({**report, "uid": "u1", "totalSteps": 120}))
     st = w.run()
     assert st["progress"]["step"] == 40 and st["progress"]["totalSteps"] == 120
+
+
+def test_first_reconcile_uses_the_watched_object_later_ones_read_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = World(monkeypatch)
+    reads: list[str] = []
+    get = w.kube.get_job_resource
+
+    def counted(namespace: str, name: str) -> dict[str, Any] | None:
+        reads.append(name)
+        return get(namespace, name)
+
+    monkeypatch.setattr(w.kube, "get_job_resource", counted)
+    seen = copy.deepcopy(w.kube.body)
+    before = copy.deepcopy(seen)
+    w.reconciler.reconcile("ns", "j", seen)
+    # Launched from the watched object, without a read; the Service and ConfigMap exist
+    # (created at once) and so does the Job, created after them.
+    assert reads == []
+    kinds = [k for k, _ in w.kube.created]
+    assert sorted(kinds[:2]) == ["ConfigMap", "Service"] and kinds[2:] == ["Job"]
+    assert w.status["phase"] == "Pending"
+    assert seen == before  # the watched object is not changed
+    # Later reconciles of this job read it, even when handed an (older) watched object.
+    w.reconciler.reconcile("ns", "j", seen)
+    assert reads == ["j"]
+    assert len(w.kube.created) == 3

@@ -28,6 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kubetune import contract as c
 from kubetune.api import GROUP, PLURAL, VERSION
+from kubetune.api.phases import Phase
 
 from . import leader, metrics
 from .kube import Kube
@@ -46,7 +47,10 @@ class Runtime:
     reconciler: Reconciler
     server: ProgressServer
     executor: ThreadPoolExecutor
-    """Reconciles run here (the client is blocking); its size bounds concurrent work."""
+    """Reconciles of launched jobs run here (the client is blocking)."""
+    launches: ThreadPoolExecutor
+    """Reconciles of jobs not launched yet run here: a burst of new jobs does not queue
+    behind the Job and pod events of the jobs launched just before them."""
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
     timers: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
@@ -56,16 +60,22 @@ class Runtime:
 RUNTIME: Runtime | None = None
 
 
-def _api_client() -> client.ApiClient:
+def _api_client(pool: int | None = None) -> client.ApiClient:
+    """`pool`: keep-alive connections; at least one per thread that calls the API, or
+    urllib3 drops the extra ones and every burst pays for new TLS handshakes."""
+    cfg = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=cfg)
+    if pool is not None:
+        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, pool)
+    return client.ApiClient(cfg)
 
 
-async def schedule(namespace: str, name: str) -> None:
-    """Reconciles a job, coalescing bursts: one run at a time per job, one more if dirty."""
+async def schedule(namespace: str, name: str, seen: dict[str, Any] | None = None) -> None:
+    """Reconciles a job, coalescing bursts: one run at a time per job, one more if dirty.
+    `seen`: the job as its watch event delivered it (see Reconciler.reconcile)."""
     rt = RUNTIME
     if rt is None:
         return
@@ -82,7 +92,7 @@ async def schedule(namespace: str, name: str) -> None:
             try:
                 loop = asyncio.get_running_loop()
                 requeue = await loop.run_in_executor(
-                    rt.executor, rt.reconciler.reconcile, namespace, name
+                    _lane(rt, key), rt.reconciler.reconcile, namespace, name, seen
                 )
             except ApiException as exc:
                 metrics.API_ERRORS.inc()
@@ -101,7 +111,15 @@ async def schedule(namespace: str, name: str) -> None:
                 requeue = 10.0
             if key not in rt.dirty:
                 break
+            seen = None  # what changed since is read from the API
         _requeue(rt, key, requeue)
+
+
+def _lane(rt: Runtime, key: tuple[str, str]) -> ThreadPoolExecutor:
+    """The launch lane for jobs this operator has not seen launched (new, planning)."""
+    if rt.reconciler.phases.get(key) in (None, Phase.PLANNING):
+        return rt.launches
+    return rt.executor
 
 
 def _requeue(rt: Runtime, key: tuple[str, str], seconds: float | None) -> None:
@@ -139,8 +157,18 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.posting.enabled = False  # we post our own Events, with reasons
     settings.persistence.finalizer = "kubetune.io/unused"  # no handler asks for one
+    # Only our Jobs and pods, filtered by the apiserver: a cluster-wide operator otherwise
+    # receives (and kopf parses) every pod and Job of the cluster.
+    settings.watching.label_selectors["batch", "v1", "jobs"] = c.LABEL_JOB
+    settings.watching.label_selectors["", "v1", "pods"] = c.LABEL_JOB
     ours = Settings.from_env()
-    kube = Kube(_api_client())
+    # The launch lane has the full size; the other, for jobs launched already, half: in a
+    # burst the apiserver is the bottleneck, and launches should get most of its answers.
+    # Each thread wants a connection: both lanes', the launches' create threads (up to 3
+    # per launch), the events thread and the progress endpoint's TokenReviews.
+    threads = ours.max_concurrent_launches
+    others = max(2, threads // 2)
+    kube = Kube(_api_client(pool=4 * threads + others + 4), background_events=True)
     store = ProgressStore()
     server = ProgressServer(kube, store, on_report=wake)
     server.app.router.add_get("/metrics", _metrics)
@@ -149,7 +177,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings=ours,
         reconciler=Reconciler(kube, ours, store),
         server=server,
-        executor=ThreadPoolExecutor(ours.max_concurrent_launches, "reconcile"),
+        executor=ThreadPoolExecutor(others, "reconcile"),
+        launches=ThreadPoolExecutor(threads, "launch"),
     )
 
 
@@ -167,11 +196,15 @@ async def cleanup(**_: Any) -> None:
         await RUNTIME.server.stop()
         # Let running reconciles finish here: with leader election the Lease is released
         # right after kopf returns, and a new leader must not overlap with them.
-        await asyncio.to_thread(RUNTIME.executor.shutdown, wait=True, cancel_futures=True)
+        for pool in (RUNTIME.launches, RUNTIME.executor):
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(RUNTIME.reconciler.kube.close)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_finetunejob(type: str, namespace: str | None, name: str, **_: Any) -> None:
+async def on_finetunejob(
+    type: str, namespace: str | None, name: str, event: Mapping[str, Any], **_: Any
+) -> None:
     if namespace is None:
         return
     if type == "DELETED":
@@ -179,7 +212,7 @@ async def on_finetunejob(type: str, namespace: str | None, name: str, **_: Any) 
             _requeue(RUNTIME, (namespace, name), None)
             RUNTIME.reconciler.progress.forget(namespace, name)
         return
-    await schedule(namespace, name)
+    await schedule(namespace, name, event.get("object"))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_JOB: kopf.PRESENT})

@@ -1,7 +1,9 @@
 """The operator's only Kubernetes I/O: thin, typed wrappers over the official client.
 
 Reads return plain dicts (camelCase, as the API sends them) so the pure builders and
-observers work on the same shapes as in tests. Creation is idempotent by name.
+observers work on the same shapes as in tests. Creation is idempotent by name. Writes do
+not turn the API's answer into client model objects (`_preload_content=False`): nothing
+reads it, and building a V1Job from JSON costs more CPU than the request itself.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,10 +27,21 @@ def _load(resp: Any) -> dict[str, Any]:
     return dict(json.loads(resp.data))
 
 
+def _drain(resp: Any) -> None:
+    """Reads an unparsed answer to its end: only then does urllib3 put the connection
+    back into the pool for the next request."""
+    _ = resp.data
+
+
 class Kube:
     """What the operator does to the cluster; nothing else talks to the API."""
 
-    def __init__(self, api: client.ApiClient, component: str = "kubetune-operator") -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        component: str = "kubetune-operator",
+        background_events: bool = False,
+    ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
@@ -35,6 +49,14 @@ class Kube:
         self.authn = client.AuthenticationV1Api(api)
         self.component = component
         self.requests = 0
+        # Events are posted off the reconcile's path (in order, by one thread) when asked:
+        # a launch then waits for its status writes and creates only.
+        self._events = ThreadPoolExecutor(1, "events") if background_events else None
+
+    def close(self) -> None:
+        """Posts the Events still queued, then stops their thread."""
+        if self._events is not None:
+            self._events.shutdown(wait=True)
 
     # ------------------------------------------------------------------ FineTuneJobs
     def get_job_resource(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -53,8 +75,10 @@ class Kube:
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patches status fields (only those given) through the status subresource."""
         self.requests += 1
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        _drain(
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False
+            )
         )
 
     def delete_job_resource(self, namespace: str, name: str) -> None:
@@ -79,7 +103,7 @@ class Kube:
             "Job": self.batch.create_namespaced_job,
         }
         try:
-            creators[kind](ns, body)
+            _drain(creators[kind](ns, body, _preload_content=False))
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -206,10 +230,18 @@ class Kube:
             "count": 1,
         }
         self.requests += 1
+        if self._events is None:
+            self._post_event(meta["namespace"], event)
+        else:
+            self._events.submit(self._post_event, meta["namespace"], event)
+
+    def _post_event(self, namespace: str, event: dict[str, Any]) -> None:
         try:
-            self.core.create_namespaced_event(meta["namespace"], event)  # type: ignore[arg-type]
+            _drain(self.core.create_namespaced_event(namespace, event, _preload_content=False))  # type: ignore[arg-type]
         except ApiException as exc:  # an Event is never worth failing a reconcile
-            log.warning("could not post event %s: %s", reason, exc.reason)
+            log.warning("could not post event %s: %s", event["reason"], exc.reason)
+        except Exception:  # on the events thread nothing else would say it
+            log.exception("could not post event %s", event["reason"])
 
     def review_token(self, token: str, audience: str) -> dict[str, Any] | None:
         """TokenReview: the authenticated user (with pod name) or None when invalid."""

@@ -20,6 +20,7 @@ import math
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -179,12 +180,25 @@ class Reconciler:
         self.phases: dict[tuple[str, str], str] = {}
         self._pool_cache: tuple[float, list[NodePool]] | None = None
         self._phase_lock = threading.Lock()  # reconciles of different jobs run in threads
+        # A launch's Service, ConfigMap and claim do not depend on each other: they are
+        # created at once (one round trip of waiting instead of three), then the Job.
+        self._creates = ThreadPoolExecutor(3 * max(1, settings.max_concurrent_launches), "create")
 
     # ------------------------------------------------------------------ entry point
-    def reconcile(self, namespace: str, name: str) -> float | None:
-        """Reconciles one job; returns seconds until it wants to run again (or None)."""
+    def reconcile(
+        self, namespace: str, name: str, seen: dict[str, Any] | None = None
+    ) -> float | None:
+        """Reconciles one job; returns seconds until it wants to run again (or None).
+        `seen`: the job as a watch event just delivered it, used instead of reading it
+        again; only for a job this process has not written yet (its first reconcile),
+        where nothing of ours can be missing from it."""
         start = time.monotonic()
-        body = self.kube.get_job_resource(namespace, name)
+        with self._phase_lock:
+            first = (namespace, name) not in self.phases
+        if seen is not None and first:
+            body: dict[str, Any] | None = copy.deepcopy(seen)
+        else:
+            body = self.kube.get_job_resource(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.progress.forget(namespace, name)
             self._count(namespace, name, None)
@@ -487,8 +501,11 @@ class Reconciler:
         self._check_shared_output(ctx, spec, plan_)
         prev = self._previous(ctx, spec, attempt)
         self._stale_children(ctx)
-        for obj in manifests.launch_objects(meta, spec, plan_, self.settings, attempt, prev):
-            self._create(ctx, obj)
+        *needs, job = manifests.launch_objects(meta, spec, plan_, self.settings, attempt, prev)
+        # Everything the Job's pods need exists before the Job does; created at once, each
+        # checked for a namesake's object under its name.
+        list(self._creates.map(lambda obj: self._create(ctx, obj), needs))
+        self._create(ctx, job)
         st = ctx.status
         first = not st.get("startTime")
         st.setdefault("startTime", _ts(ctx.now))
