@@ -136,6 +136,10 @@ class Result:
     creation_lag: list[float] = field(default_factory=list)
     """Job creationTimestamp minus FineTuneJob creationTimestamp (1 s resolution)."""
     reference_creation_lag: list[float] = field(default_factory=list)
+    # Seen by the watch minus when the create call was sent, the least over every object:
+    # never negative. (From the call's return it can be, by a few ms, when the watch thread
+    # gets the event before the calling thread resumes on a loaded machine.)
+    least_from_sent: float = float("inf")
     """Pod creationTimestamp minus plain Job creationTimestamp (1 s resolution)."""
     jobs_created: int = 0
     all_created_after: float = 0.0
@@ -606,10 +610,13 @@ def run(
         applied: dict[str, tuple[float, str]] = {}
         ref_applied: dict[str, tuple[float, str]] = {}
 
+        sent: dict[str, float] = {}
+
         def apply(k: int) -> None:
             i, plain = divmod(k, 2)
             if gated:
                 start_gate.wait()
+            sent[(ref_job_body if plain else job_body)(i)["metadata"]["name"]] = time.time()
             if plain:
                 ref = ref_job_body(i)
                 made: Any = batch.create_namespaced_job(
@@ -686,6 +693,10 @@ def run(
                 t_seen, pod_ts = watcher.ref_pods_seen[name]
                 result.reference.values.append(t_seen - t_applied)
                 result.reference_creation_lag.append((_parse(pod_ts) - _parse(ts)).total_seconds())
+        for m in (seen, watcher.pods_seen, watcher.ref_pods_seen):
+            for name, (t_seen, _) in m.items():
+                if name in sent:
+                    result.least_from_sent = min(result.least_from_sent, t_seen - sent[name])
         if seen:
             result.all_created_after = max(t for t, _ in seen.values()) - t0
         for item in _list_all(custom):

@@ -41,8 +41,11 @@ def test_operator_load_smoke(tmp_path: Path) -> None:
     assert res.jobs_created == 10, res.table()
     for lat in (res.to_job, res.to_pod, res.reference):
         assert len(lat.values) == 10, res.table()
-        assert all(0 <= x < 120 for x in lat.values)
+        assert all(x < 120 for x in lat.values)
         assert 0 <= lat.median <= lat.pct(0.99) <= lat.pct(1.0)
+    # Every object was seen after its create call was sent (from the call's return a loaded
+    # machine can show a few ms less than zero: the watch thread ran first).
+    assert 0 <= res.least_from_sent < 120, res.least_from_sent
     # A trainer pod comes after its Job; the ratio is of two real p99s.
     assert res.to_pod.pct(1.0) >= min(res.to_job.values)
     assert res.ratio > 0 and not math.isnan(res.ratio)
