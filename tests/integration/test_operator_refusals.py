@@ -12,29 +12,18 @@ import pytest
 from kubernetes import client
 
 from kubetune.api.phases import Reason
-from tests.fixtures.demo_volume import demo_job, write_demo_volume
+from tests.fixtures.demo_volume import demo_job
 from tests.integration.harness import (
     TRAINING_STALL,
     OperatorProcess,
     apply_job,
     condition,
-    hostpath_claim,
     phase_is,
     wait_for,
 )
 from tests.localcluster.kube import raw
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_demo_volume(tmp_path_factory.mktemp("demo-volume"))
-
-
-@pytest.fixture
-def demo_claim(k8s: client.ApiClient, namespace: str, demo_files: Path) -> Path:
-    return hostpath_claim(k8s, namespace, "kubetune-demo", demo_files)
 
 
 def events(api: client.ApiClient, namespace: str, name: str) -> list[dict[str, Any]]:
